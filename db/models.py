@@ -233,6 +233,8 @@ class Attempt(Base):
     prompt: Mapped[str | None] = mapped_column(Text)
     completion: Mapped[str | None] = mapped_column(Text)
     proof: Mapped[str | None] = mapped_column(Text)
+    # Lemmas the model wrote before the theorem; checked together with the proof.
+    helpers: Mapped[str | None] = mapped_column(Text)
     proof_hash: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)

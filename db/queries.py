@@ -46,8 +46,9 @@ def statement_hash(itp: str, header: str, formal_statement: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def proof_hash(proof: str) -> str:
-    return hashlib.sha256(proof.encode()).hexdigest()
+def proof_hash(proof: str, helpers: str = "") -> str:
+    """Identity of the checked text: identical proofs are verified once."""
+    return hashlib.sha256(f"{helpers}\0{proof}".encode()).hexdigest()
 
 
 def _insert(session: Session, model: type) -> Any:
@@ -238,6 +239,7 @@ class AttemptRecord:
     key: str
     statement_id: int
     proof: str | None
+    helpers: str = ""
     run_id: int | None = None
     round_index: int | None = None
     checkpoint_id: int | None = None
@@ -268,7 +270,8 @@ class AttemptRecord:
             "prompt": self.prompt,
             "completion": self.completion,
             "proof": self.proof,
-            "proof_hash": proof_hash(self.proof) if self.proof is not None else None,
+            "helpers": self.helpers or None,
+            "proof_hash": proof_hash(self.proof, self.helpers) if self.proof is not None else None,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "sampling": self.sampling,
@@ -319,7 +322,7 @@ def record_attempts(
 _ATTEMPT_COLS = [
     "key", "statement_id", "run_id", "round_index", "checkpoint_id", "model", "mode",
     "correction_round", "parent_attempt_id", "sample_index", "prompt", "completion", "proof",
-    "proof_hash", "prompt_tokens", "completion_tokens", "sampling",
+    "helpers", "proof_hash", "prompt_tokens", "completion_tokens", "sampling",
 ]
 _VERDICT_COLS = ["status", "reason", "messages", "axioms", "seconds", "backend",
                  "backend_version", "sandboxed"]
@@ -337,7 +340,7 @@ def _record_attempts_pg(
         "CREATE TEMP TABLE IF NOT EXISTS attempt_stage ("
         "key varchar(128), statement_id int, run_id int, round_index int, checkpoint_id int, "
         "model text, mode varchar(32), correction_round int, parent_attempt_id int, "
-        "sample_index int, prompt text, completion text, proof text, proof_hash varchar(64), "
+        "sample_index int, prompt text, completion text, proof text, helpers text, proof_hash varchar(64), "
         "prompt_tokens int, completion_tokens int, sampling json, status varchar(32), "
         "reason varchar(200), messages json, axioms json, seconds float, backend varchar(32), "
         "backend_version varchar(200), sandboxed boolean)"
@@ -435,13 +438,15 @@ def attempts_of_run(
     return _attempt_views(session, q)
 
 
-def verified_proof_for(session: Session, statement_id: int, proof_text: str) -> dict | None:
+def verified_proof_for(
+    session: Session, statement_id: int, proof_text: str, helpers: str = ""
+) -> dict | None:
     """A stored verdict for this exact proof of this statement, if any (identical proofs are
     verified once and counted with multiplicity)."""
     row = session.execute(
         select(Verdict)
         .join(Attempt, Attempt.id == Verdict.attempt_id)
-        .where(Attempt.statement_id == statement_id, Attempt.proof_hash == proof_hash(proof_text))
+        .where(Attempt.statement_id == statement_id, Attempt.proof_hash == proof_hash(proof_text, helpers))
         .limit(1)
     ).scalar_one_or_none()
     if row is None:

@@ -42,6 +42,10 @@ class ProofTask:
     statement: str
     proof: str
     id: str | None = None
+    # Untrusted lemmas/definitions the model wrote before the theorem. They go after the
+    # trusted header and before the trusted statement; ladder step 2 (the theorem has the
+    # trusted statement's type, elaborated without them) keeps them from changing its meaning.
+    helpers: str = ""
 
 
 @dataclass

@@ -235,6 +235,7 @@ def upgrade() -> None:
         sa.Column("prompt", sa.Text(), nullable=True),
         sa.Column("completion", sa.Text(), nullable=True),
         sa.Column("proof", sa.Text(), nullable=True),
+        sa.Column("helpers", sa.Text(), nullable=True),
         sa.Column("proof_hash", sa.String(length=64), nullable=True),
         sa.Column("prompt_tokens", sa.Integer(), nullable=True),
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
