@@ -556,3 +556,63 @@ def stats(session: Session) -> dict[str, list[tuple[Any, ...]]]:
         "origins": [(o.value, c) for o, c in origins],
         "verdicts": [(s.value, c) for s, c in statuses] + [("(unverified)", unverified or 0)],
     }
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """An attempt with an extracted proof and no verdict yet, with what the verifier needs."""
+
+    attempt_id: int
+    statement_id: int
+    itp: str
+    header: str
+    formal_statement: str
+    proof: str
+    helpers: str
+    proof_hash: str
+
+
+def pending_checks(
+    session: Session, *, run_id: int | None = None, attempt_ids: Iterable[int] | None = None
+) -> list[PendingCheck]:
+    q = (
+        select(Attempt.id, Attempt.statement_id, Statement.itp, Statement.header,
+               Statement.formal_statement, Attempt.proof, Attempt.helpers, Attempt.proof_hash)
+        .join(Statement, Statement.id == Attempt.statement_id)
+        .outerjoin(Verdict, Verdict.attempt_id == Attempt.id)
+        .where(Verdict.id.is_(None), Attempt.proof.is_not(None))
+        .order_by(Attempt.id)
+    )
+    if run_id is not None:
+        q = q.where(Attempt.run_id == run_id)
+    if attempt_ids is not None:
+        q = q.where(Attempt.id.in_(list(attempt_ids)))
+    return [
+        PendingCheck(aid, sid, itp.value, header, stmt, proof, helpers or "", ph)
+        for aid, sid, itp, header, stmt, proof, helpers, ph in session.execute(q)
+    ]
+
+
+def statements_with_proof(session: Session, statement_ids: Iterable[int]) -> set[int]:
+    """Which of these statements have at least one proved attempt."""
+    ids = list(statement_ids)
+    if not ids:
+        return set()
+    q = (
+        select(Attempt.statement_id)
+        .join(Verdict, Verdict.attempt_id == Attempt.id)
+        .where(Verdict.status == VerdictStatus.PROVED, Attempt.statement_id.in_(ids))
+        .distinct()
+    )
+    return set(session.scalars(q))
+
+
+def verifier_versions(session: Session, run_id: int) -> list[tuple[str, str, bool]]:
+    """Distinct (backend, version, sandboxed) of the verdicts of a run's checked attempts."""
+    q = (
+        select(Verdict.backend, Verdict.backend_version, Verdict.sandboxed)
+        .join(Attempt, Attempt.id == Verdict.attempt_id)
+        .where(Attempt.run_id == run_id, Verdict.backend != "")
+        .distinct()
+    )
+    return [(b, v, bool(sb)) for b, v, sb in session.execute(q)]

@@ -103,6 +103,172 @@ def data_import(
     )
 
 
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+
+
+def _verifier_opts(itp: str, workers: int, unsafe_no_sandbox: bool, lean_project: str | None,
+                   allow_native_decide: bool) -> dict:
+    opts: dict = {"workers": workers, "unsafe_no_sandbox": unsafe_no_sandbox}
+    if itp == "lean":
+        opts |= {"project_dir": lean_project, "allow_native_decide": allow_native_decide}
+    return opts
+
+
+Itp = Annotated[str, typer.Option("--itp", help="lean or coq")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds per proof (wall clock).")]
+Workers = Annotated[int, typer.Option("--workers", help="Warm verifier processes.")]
+Unsafe = Annotated[bool, typer.Option("--unsafe-no-sandbox", help="Run proofs without bubblewrap (recorded in every verdict).")]
+LeanProject = Annotated[Optional[str], typer.Option("--lean-project", envvar="PROVER_LEAN_PROJECT", help="Mathlib project with the REPL built (lean only).")]
+NativeDecide = Annotated[bool, typer.Option("--allow-native-decide", help="Accept Lean.ofReduceBool (native_decide).")]
+ViaCelery = Annotated[bool, typer.Option("--via-celery", help="Verify on Celery workers (PROVER_BROKER_URL).")]
+
+
+@app.command("verify")
+def verify_cmd(
+    itp: Itp = "coq",
+    input: Annotated[Path, typer.Option("--input", help="jsonl rows {id, header, statement, proof}")] = ...,  # type: ignore[assignment]
+    output: Annotated[Optional[Path], typer.Option("--output", help="jsonl verdicts (default stdout)")] = None,
+    timeout: Timeout = 60.0,
+    workers: Workers = 2,
+    unsafe_no_sandbox: Unsafe = False,
+    lean_project: LeanProject = None,
+    allow_native_decide: NativeDecide = False,
+    via_celery: ViaCelery = False,
+) -> None:
+    """Check proofs. Proof failures are data (exit 0); malformed input exits 2."""
+    from verifier.io import BadRows, read_tasks, write_verdicts
+
+    try:
+        tasks = read_tasks(input)
+    except BadRows as exc:
+        fail(str(exc))
+    opts = _verifier_opts(itp, workers, unsafe_no_sandbox, lean_project, allow_native_decide)
+    verdicts = []
+    with _progress() as progress:
+        bar = progress.add_task(f"verify ({itp})", total=len(tasks))
+        if via_celery:
+            from workers.dispatch import verify_tasks_via_celery
+
+            verdicts = verify_tasks_via_celery(
+                itp, tasks, timeout=timeout, verifier_opts=opts,
+                progress=lambda d, t: progress.update(bar, completed=d * len(tasks) // max(t, 1)))
+        else:
+            from verifier import get_backend
+
+            backend = get_backend(itp, **opts)
+            try:
+                step = max(4 * workers, 8)
+                for start in range(0, len(tasks), step):
+                    verdicts += backend.verify_batch(tasks[start : start + step], timeout=timeout)
+                    progress.update(bar, completed=len(verdicts))
+            finally:
+                backend.close()
+    write_verdicts(tasks, verdicts, output)
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[v.status.value] = counts.get(v.status.value, 0) + 1
+    console.print(f"{len(verdicts)} proofs: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))
+
+
+@app.command("eval")
+def eval_cmd(
+    bench: Annotated[str, typer.Argument(help="minif2f, proofnet, or an imported dataset name")],
+    itp: Itp = "lean",
+    variant: Annotated[Optional[str], typer.Option(help="Benchmark file variant (see `prover data import`).")] = None,
+    split: str = "test",
+    backend: Annotated[str, typer.Option(help="hf | openai | vllm | portfolio")] = "portfolio",
+    model: Annotated[Optional[str], typer.Option(help="Model path or served name.")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="deepseek-v1.5 | stp | goedel-v2 | coq | coq-chat")] = None,
+    n: Annotated[int, typer.Option("-n", help="Samples per problem.")] = 1,
+    k: Annotated[str, typer.Option("-k", help="Comma-separated k values for pass@k.")] = "1",
+    rounds: Annotated[int, typer.Option(help="Self-correction rounds (Goedel-Prover-V2).")] = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    max_tokens: int = 1024,
+    seed: int = 0,
+    timeout: Timeout = 60.0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N problems (by name).")] = None,
+    workers: Workers = 2,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Report directory.")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="openai backend: server URL.")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm backend.")] = 1,
+    db: DbOpt = None,
+    unsafe_no_sandbox: Unsafe = False,
+    lean_project: LeanProject = None,
+    allow_native_decide: NativeDecide = False,
+    via_celery: ViaCelery = False,
+) -> None:
+    """Sample proofs, check every one, report pass@k (resumable)."""
+    from db.session import get_engine
+    from prover.eval import EvalSpec, in_process_checker, run_eval
+    from prover.report import print_table, write_report
+
+    backend_opts: dict = {}
+    if backend == "openai" and base_url:
+        backend_opts["base_url"] = base_url
+    if backend == "vllm":
+        backend_opts["tensor_parallel_size"] = tensor_parallel_size
+    try:
+        spec = EvalSpec(benchmark=bench, itp=itp, variant=variant, split=split, backend=backend,
+                        model=model, prompt=prompt, n=n, ks=tuple(int(x) for x in k.split(",")),
+                        rounds=rounds, temperature=temperature, top_p=top_p,
+                        max_tokens=max_tokens, seed=seed, timeout=timeout, limit=limit,
+                        backend_opts=backend_opts)
+    except ValueError as exc:
+        fail(str(exc))
+    opts = _verifier_opts(itp, workers, unsafe_no_sandbox, lean_project, allow_native_decide)
+    engine = get_engine(db)
+    verifier_backend = None
+    if via_celery:
+        from workers.dispatch import celery_checker
+
+        checker = celery_checker(itp, timeout, opts)
+    else:
+        from verifier import get_backend
+
+        verifier_backend = get_backend(itp, **opts)
+        checker = in_process_checker(verifier_backend, timeout)
+    try:
+        with _progress() as progress:
+            bars: dict[str, int] = {}
+
+            def on_progress(phase: str, done: int, total: int) -> None:
+                if phase not in bars:
+                    bars[phase] = progress.add_task(phase, total=total)
+                progress.update(bars[phase], completed=done, total=total)
+
+            result = run_eval(spec, db=engine, checker=checker, progress=on_progress)
+    except LookupError as exc:
+        fail(str(exc))
+    finally:
+        if verifier_backend is not None:
+            verifier_backend.close()
+    print_table(result, out)
+    out_dir = report or Path("reports") / result.run_name
+    paths = write_report(result, out_dir)
+    out.print(f"report: {paths['md']} ({paths['json'].name}, {paths['png'].name})")
+
+
+@app.command("worker")
+def worker_cmd(
+    queues: Annotated[str, typer.Option(help="Comma-separated: generate,train,verify,control")] = "verify,control",
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: str = "info",
+    hostname: Annotated[Optional[str], typer.Option(help="Celery node name.")] = None,
+) -> None:
+    """Start a Celery worker (broker: PROVER_BROKER_URL, else the embedded SQLite broker)."""
+    from workers.app import app as celery_app
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "--loglevel", loglevel]
+    if hostname:
+        argv += ["-n", hostname]
+    celery_app.worker_main(argv)
+
+
 def main() -> None:
     app()
 
