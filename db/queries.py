@@ -401,6 +401,7 @@ class AttemptView:
     reason: str | None
     messages: list[Any] = field(default_factory=list)
     seconds: float | None = None
+    helpers: str = ""
 
 
 def _attempt_views(session: Session, q: Select) -> list[AttemptView]:
@@ -414,6 +415,7 @@ def _attempt_views(session: Session, q: Select) -> list[AttemptView]:
             a.id, a.key, a.statement_id, a.proof, a.completion, a.mode.value, a.correction_round,
             a.parent_attempt_id, a.sample_index,
             status.value if status is not None else None, reason, messages or [], seconds,
+            a.helpers or "",
         )
         for a, status, reason, messages, seconds in rows
     ]

@@ -244,7 +244,8 @@ def run_eval(
             convs = []
             for v in chunk:
                 st = by_stmt[v.statement_id]
-                code, offset = attempt_code(st.formal_statement, v.proof or "", header=st.header)
+                code, offset = attempt_code(st.formal_statement, v.proof or "", header=st.header,
+                                            helpers=v.helpers)
                 original = fmt.build(st.header, st.formal_statement, st.informal)
                 errors = [Message(**m) for m in v.messages]
                 convs.append(correction_conversation(original, v.completion or "", errors,

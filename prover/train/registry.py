@@ -12,9 +12,10 @@ A thin layer over :func:`db.queries.register_checkpoint` that the trainers and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session

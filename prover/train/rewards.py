@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from verifier.types import ProofTask, Verdict
 
@@ -125,7 +126,7 @@ class VerifierReward:
             for b in self._backends.values():
                 try:
                     b.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S110 - best-effort close
                     pass
         self._backends.clear()
 

@@ -42,9 +42,10 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from trl import SFTTrainer
@@ -129,7 +130,7 @@ class WeightedSFTConfig:
             warmup_steps=self.warmup_steps,
             max_length=self.max_length,
             bf16=self.bf16,
-            gradient_checkpointing=self.gradient_checkpointing,
+            **checkpointing_kwargs(SFTConfig, self.gradient_checkpointing),
             seed=self.seed,
             data_seed=self.seed,
             logging_steps=self.logging_steps,
@@ -138,6 +139,7 @@ class WeightedSFTConfig:
             completion_only_loss=True,
             packing=False,
             optim="adamw_torch",
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         kw.update(self.trl_args)
         return SFTConfig(**kw)
@@ -162,6 +164,15 @@ class WeightedSFTConfig:
         return cls.from_dict(d)
 
 
+def checkpointing_kwargs(config_cls: type, enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing on/off under the name this transformers version uses
+    (``activation_checkpointing`` since v5; ``gradient_checkpointing`` before)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if "activation_checkpointing" in names:
+        return {"activation_checkpointing": bool(enabled), "gradient_checkpointing": None}
+    return {"gradient_checkpointing": bool(enabled)}
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -182,8 +193,7 @@ def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return path
 
 
@@ -349,8 +359,9 @@ def train_sft(
     trainer = build_trainer(cfg, source)
     n_examples = len(trainer.train_dataset)
     out = trainer.train()
-    trainer.save_model(cfg.output_dir)
-    trainer.processing_class.save_pretrained(cfg.output_dir)
+    trainer.save_model(cfg.output_dir)  # gathers ZeRO-3 / FSDP shards; writes on the main process
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(cfg.output_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {
         "train_loss": float(out.training_loss),
