@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prover.eval import EvalResult
@@ -35,7 +36,7 @@ def as_dict(result: EvalResult) -> dict:
 def print_table(result: EvalResult, console: Console | None = None) -> None:
     console = console or Console()
     d = as_dict(result)
-    table = Table(title=f"{d['dataset']['name']} [{d['dataset']['split']}] — {d['model']}")
+    table = Table(title=escape(f"{d['dataset']['name']} [{d['dataset']['split']}] — {d['model']}"))
     for col in ("k", "pass@k", "95% CI", "problems"):
         table.add_column(col, justify="right")
     for p in result.passk:
@@ -47,7 +48,7 @@ def print_table(result: EvalResult, console: Console | None = None) -> None:
         f"n={result.spec.n} rounds={result.spec.rounds} wall {t['wall_s']:.1f}s, generation "
         f"{t['generate_s']:.1f}s, verification {t['verify_s']:.1f}s "
         f"({100 * (t['verify_share'] or 0):.0f}% of wall); verifier {result.verifier['backend']} "
-        f"{result.verifier['version']}; attempts by status {result.counts}"
+        f"{result.verifier['version']}; attempts by status {result.counts}", markup=False
     )
 
 

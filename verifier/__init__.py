@@ -27,6 +27,7 @@ __all__ = [
     "SandboxUnavailable",
     "Status",
     "Verdict",
+    "backend_from_options",
     "check_statement",
     "get_backend",
     "verify",
@@ -51,6 +52,23 @@ def get_backend(itp: str = "coq", **opts: Any) -> Backend:
 
         return LeanBackend(**opts)
     raise ValueError(f"unknown proof assistant {itp!r} (expected 'coq' or 'lean')")
+
+
+def backend_from_options(
+    itp: str,
+    *,
+    workers: int = 1,
+    unsafe_no_sandbox: bool = False,
+    lean_project: str | None = None,
+    allow_native_decide: bool = False,
+) -> Backend:
+    """A backend from plain (JSON-serializable) options, as the CLI and Celery tasks pass them."""
+    opts: dict[str, Any] = {"pool_size": max(1, workers)}
+    if unsafe_no_sandbox:
+        opts["sandbox"] = Sandbox(enabled=False)
+    if itp.lower() in ("lean", "lean4"):
+        opts |= {"project_dir": lean_project, "allow_native_decide": allow_native_decide}
+    return get_backend(itp, **opts)
 
 
 def _shared(itp: str, workers: int) -> Backend:

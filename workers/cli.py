@@ -21,6 +21,17 @@ data_app = typer.Typer(help="Benchmark data.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 
+
+def _mount_optional() -> None:
+    from conjecturer.cli import conjecture
+    from prover.train.cli import train_app
+
+    app.add_typer(train_app, name="train", help="Expert iteration (weighted SFT), RL, averaging.")
+    app.command("conjecture")(conjecture)
+
+
+_mount_optional()
+
 console = Console(stderr=True)
 out = Console()
 
@@ -112,9 +123,10 @@ def _progress():
 
 def _verifier_opts(itp: str, workers: int, unsafe_no_sandbox: bool, lean_project: str | None,
                    allow_native_decide: bool) -> dict:
+    """Options for `verifier.backend_from_options` (plain data: they travel to Celery tasks)."""
     opts: dict = {"workers": workers, "unsafe_no_sandbox": unsafe_no_sandbox}
     if itp == "lean":
-        opts |= {"project_dir": lean_project, "allow_native_decide": allow_native_decide}
+        opts |= {"lean_project": lean_project, "allow_native_decide": allow_native_decide}
     return opts
 
 
@@ -157,9 +169,9 @@ def verify_cmd(
                 itp, tasks, timeout=timeout, verifier_opts=opts,
                 progress=lambda d, t: progress.update(bar, completed=d * len(tasks) // max(t, 1)))
         else:
-            from verifier import get_backend
+            from verifier import backend_from_options
 
-            backend = get_backend(itp, **opts)
+            backend = backend_from_options(itp, **opts)
             try:
                 step = max(4 * workers, 8)
                 for start in range(0, len(tasks), step):
@@ -228,9 +240,9 @@ def eval_cmd(
 
         checker = celery_checker(itp, timeout, opts)
     else:
-        from verifier import get_backend
+        from verifier import backend_from_options
 
-        verifier_backend = get_backend(itp, **opts)
+        verifier_backend = backend_from_options(itp, **opts)
         checker = in_process_checker(verifier_backend, timeout)
     try:
         with _progress() as progress:

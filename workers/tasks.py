@@ -23,12 +23,12 @@ _backends_lock = threading.Lock()
 
 def _backend(itp: str, opts: dict[str, Any]):
     """One warm verifier backend per worker process and configuration."""
-    from verifier import get_backend
+    from verifier import backend_from_options
 
     key = (itp, tuple(sorted(opts.items())))
     with _backends_lock:
         if key not in _backends:
-            _backends[key] = get_backend(itp, **opts)
+            _backends[key] = backend_from_options(itp, **opts)
         return _backends[key]
 
 
