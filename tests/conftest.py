@@ -78,3 +78,10 @@ def db_url(request, tmp_path):
         _reset_pg(url)
         yield url
     dispose_engines()
+
+
+@pytest.fixture()
+def pg_url(pg_database_url):
+    """The scratch PostgreSQL database, emptied for this test."""
+    _reset_pg(pg_database_url)
+    return pg_database_url

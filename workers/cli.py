@@ -152,10 +152,17 @@ def verify_cmd(
     via_celery: ViaCelery = False,
 ) -> None:
     """Check proofs. Proof failures are data (exit 0); malformed input exits 2."""
-    from verifier.io import BadRows, read_tasks, write_verdicts
+    from verifier.io import BadRows, read_rows, write_verdicts
 
+    itp = itp.strip().lower()
+    if itp not in ("coq", "rocq", "lean", "lean4"):
+        fail(f"--itp {itp!r}: expected coq or lean")
+    if workers < 1:
+        fail(f"--workers {workers}: need at least 1")
+    if not timeout > 0:
+        fail(f"--timeout {timeout}: must be positive")
     try:
-        tasks = read_tasks(input)
+        tasks, ids = read_rows(input)
     except BadRows as exc:
         fail(str(exc))
     opts = _verifier_opts(itp, workers, unsafe_no_sandbox, lean_project, allow_native_decide)
@@ -169,9 +176,12 @@ def verify_cmd(
                 itp, tasks, timeout=timeout, verifier_opts=opts,
                 progress=lambda d, t: progress.update(bar, completed=d * len(tasks) // max(t, 1)))
         else:
-            from verifier import backend_from_options
+            from verifier import SandboxUnavailable, backend_from_options
 
-            backend = backend_from_options(itp, **opts)
+            try:
+                backend = backend_from_options(itp, **opts)
+            except SandboxUnavailable as exc:
+                fail(f"{exc} (or pass --unsafe-no-sandbox)", code=1)
             try:
                 step = max(4 * workers, 8)
                 for start in range(0, len(tasks), step):
@@ -179,7 +189,7 @@ def verify_cmd(
                     progress.update(bar, completed=len(verdicts))
             finally:
                 backend.close()
-    write_verdicts(tasks, verdicts, output)
+    write_verdicts(tasks, verdicts, output, ids=ids)
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.status.value] = counts.get(v.status.value, 0) + 1
@@ -219,17 +229,34 @@ def eval_cmd(
     from prover.eval import EvalSpec, in_process_checker, run_eval
     from prover.report import print_table, write_report
 
+    from prover.generation.base import GenerationError
+
+    itp = itp.strip().lower()
+    if itp not in ("coq", "lean"):
+        fail(f"--itp {itp!r}: expected coq or lean")
     backend_opts: dict = {}
     if backend == "openai" and base_url:
         backend_opts["base_url"] = base_url
     if backend == "vllm":
         backend_opts["tensor_parallel_size"] = tensor_parallel_size
     try:
+        ks = tuple(int(x) for x in k.split(",") if x.strip())
+    except ValueError:
+        fail(f"-k {k!r}: expected comma-separated integers, e.g. -k 1,8,32")
+    if not ks:
+        fail("-k: give at least one k")
+    for name, value in (("-n", n), ("--max-tokens", max_tokens), ("--workers", workers)):
+        if value < 1:
+            fail(f"{name} {value}: must be at least 1")
+    if rounds < 0 or (limit is not None and limit < 1) or not timeout > 0:
+        fail("--rounds must be >= 0, --limit >= 1 and --timeout > 0")
+    try:
         spec = EvalSpec(benchmark=bench, itp=itp, variant=variant, split=split, backend=backend,
-                        model=model, prompt=prompt, n=n, ks=tuple(int(x) for x in k.split(",")),
+                        model=model, prompt=prompt, n=n, ks=ks,
                         rounds=rounds, temperature=temperature, top_p=top_p,
                         max_tokens=max_tokens, seed=seed, timeout=timeout, limit=limit,
                         backend_opts=backend_opts)
+        spec.sampling()  # temperature / top_p / prompt format checked before any work
     except ValueError as exc:
         fail(str(exc))
     opts = _verifier_opts(itp, workers, unsafe_no_sandbox, lean_project, allow_native_decide)
@@ -240,9 +267,12 @@ def eval_cmd(
 
         checker = celery_checker(itp, timeout, opts)
     else:
-        from verifier import backend_from_options
+        from verifier import SandboxUnavailable, backend_from_options
 
-        verifier_backend = backend_from_options(itp, **opts)
+        try:
+            verifier_backend = backend_from_options(itp, **opts)
+        except SandboxUnavailable as exc:
+            fail(f"{exc} (or pass --unsafe-no-sandbox)", code=1)
         checker = in_process_checker(verifier_backend, timeout)
     try:
         with _progress() as progress:
@@ -254,8 +284,10 @@ def eval_cmd(
                 progress.update(bars[phase], completed=done, total=total)
 
             result = run_eval(spec, db=engine, checker=checker, progress=on_progress)
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:  # unknown dataset, bad benchmark file, bad options
         fail(str(exc))
+    except GenerationError as exc:  # stored work is kept: re-running resumes
+        fail(f"generation failed: {exc} (re-run the same command to resume)", code=1)
     finally:
         if verifier_backend is not None:
             verifier_backend.close()
@@ -263,6 +295,38 @@ def eval_cmd(
     out_dir = report or Path("reports") / result.run_name
     paths = write_report(result, out_dir)
     out.print(f"report: {paths['md']} ({paths['json'].name}, {paths['png'].name})")
+
+
+@app.command("selfplay")
+def selfplay_cmd(
+    config: Annotated[Path, typer.Option("--config", help="A self-play recipe (YAML).")],
+    rounds: Annotated[Optional[int], typer.Option(help="Rounds to run (default: the recipe's).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue the run if it exists.")] = True,
+    celery: Annotated[Optional[bool], typer.Option("--via-celery/--in-process", help="Override the recipe's `celery`.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Run (or resume) self-play rounds; every step's state is in the database."""
+    from workers.selfplay import SelfPlayConfig, run_selfplay
+
+    try:
+        cfg = SelfPlayConfig.from_yaml(config, celery=celery)
+    except (OSError, ValueError, TypeError) as exc:
+        fail(f"{config}: {exc}")
+    try:
+        summaries = run_selfplay(cfg, db=db, rounds=rounds, resume=resume,
+                                 log=lambda m: console.print(m, markup=False))
+    except ValueError as exc:
+        fail(str(exc))
+    for s in summaries:
+        ev = s["counts"].get("evaluate", {})
+        vf = s["counts"].get("verify", {})
+        gen = s["counts"].get("conjecture", {})
+        sel = s["counts"].get("select", {})
+        out.print(
+            f"round {s['round']}: proved {vf.get('proved_statements', 0)}/{vf.get('attempted', 0)} "
+            f"targets, conjectures stored {gen.get('stored', 0)}, selected {sel.get('selected', 0)}, "
+            + ", ".join(f"{k} {v}" for k, v in ev.items() if k.startswith("pass@"))
+            + f", {sum(s['timings'].values()):.0f}s", markup=False)
 
 
 @app.command("worker")
