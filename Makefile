@@ -33,10 +33,18 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "error: no tests were collected"; exit 1; fi; exit $$rc
 
+# The portfolio baseline on miniF2F-rocq test with real Coq (resumable: a re-run is instant).
 demo: install
 	$(BIN)/prover db upgrade
 	$(BIN)/prover data import minif2f --itp coq
+	$(BIN)/prover eval minif2f --itp coq --split test --backend portfolio --timeout 60 --report reports/demo
 	$(BIN)/prover db stats
+	@echo "report: $(CURDIR)/reports/demo/report.md"
+
+bench: install
+	$(BIN)/python bench/verify_throughput.py
+	$(BIN)/python bench/db_scale.py
+	$(BIN)/python bench/pipeline_efficiency.py
 
 lint: install
 	$(BIN)/ruff check .
