@@ -71,12 +71,27 @@ class EvalSpec:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_tokens=self.max_tokens, seed=self.seed, stop=fmt.stop)
 
+    def config(self) -> dict[str, Any]:
+        """The spec as stored with the run (secrets redacted)."""
+        d = dataclasses.asdict(self)
+        if "api_key" in d["backend_opts"]:
+            d["backend_opts"]["api_key"] = "***"
+        return d
+
     def run_name(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("ks")  # reporting only
+        # how the generator is reached does not change the results: a server restarted on
+        # another port (or with another key) resumes the same run
+        d["backend_opts"] = {k: v for k, v in d["backend_opts"].items()
+                             if k not in TRANSPORT_OPTS}
         digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
         model = (self.model or self.backend).rstrip("/").rsplit("/", 1)[-1]
         return f"eval-{self.dataset_name()}-{self.split}-{model}-{digest[:10]}"
+
+
+TRANSPORT_OPTS = frozenset({"base_url", "api_key", "timeout", "concurrency", "max_retries",
+                            "backoff", "max_backoff"})
 
 
 def attempt_key(run: str, statement_id: int, sample: int, round_: int) -> str:
@@ -138,7 +153,15 @@ def _records_for(
 
 
 # Verifies the run's pending attempts and stores their verdicts: (engine, run_id, progress).
+# A checker may also carry `describe() -> {"backend", "version", "sandboxed"}`: the report
+# names the verifier from it when no verdict of the run came from the verifier.
 Checker = Callable[[Engine, int, Callable[[int, int], None]], None]
+
+
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    sandbox = getattr(backend, "sandbox", None)
+    return {"backend": backend.name, "version": backend.version(),
+            "sandboxed": bool(getattr(sandbox, "enabled", True))}
 
 
 def in_process_checker(backend: Backend, timeout: float) -> Checker:
@@ -147,7 +170,23 @@ def in_process_checker(backend: Backend, timeout: float) -> Checker:
     def check(engine: Engine, run_id: int, progress: Callable[[int, int], None]) -> None:
         verify_pending(engine, backend, timeout=timeout, run_id=run_id, progress=progress)
 
+    check.describe = lambda: describe_backend(backend)  # type: ignore[attr-defined]
     return check
+
+
+def _no_proof_message(itp: str) -> Message:
+    """What a correction turn quotes for an answer with no extractable proof."""
+    fence = "lean4" if itp == "lean" else "coq"
+    return Message("error", "no proof found: the answer has no complete proof of the theorem "
+                   f"(write the theorem and its whole proof in one ```{fence} block)",
+                   line=None, in_proof=False)
+
+
+def _check_counts(outs: Sequence[Sequence[Completion]], prompts: int, n: int) -> None:
+    if len(outs) != prompts or any(len(c) < n for c in outs):
+        got = [len(c) for c in outs]
+        raise RuntimeError(f"the generator returned {got} completions for {prompts} prompts "
+                           f"(expected {n} each)")
 
 
 def run_eval(
@@ -178,12 +217,15 @@ def run_eval(
         ds = queries.latest_dataset(s, spec.dataset_name())
         if ds is None:
             raise LookupError(f"dataset {spec.dataset_name()!r} is not imported")
-        dataset = {"name": ds.name, "version": ds.version, "source": ds.source}
+        bench = BENCHMARKS.get((spec.benchmark, spec.itp, spec.variant
+                                or DEFAULT_VARIANT.get((spec.benchmark, spec.itp), "")))
+        dataset = {"name": ds.name, "version": ds.version, "source": ds.source,
+                   "file": bench.relpath if bench and bench.name == ds.name else ds.source}
         statements = queries.dataset_statements(s, ds.name, split=spec.split, limit=spec.limit)
         if not statements:
             raise LookupError(f"dataset {ds.name!r} has no statements in split {spec.split!r}")
         run = queries.get_or_create_run(s, run_name, kind="eval",
-                                        config=dataclasses.asdict(spec) | {"dataset": dataset})
+                                        config=spec.config() | {"dataset": dataset})
         run_id = run.id
 
     if generator is None:
@@ -202,22 +244,30 @@ def run_eval(
         have = queries.attempts_by_keys(
             s, [attempt_key(run_name, st.id, i, 0) for st in statements for i in range(spec.n)]
         )
-    todo = [st for st in statements
-            if any(attempt_key(run_name, st.id, i, 0) not in have for i in range(spec.n))]
-    report("generate", len(statements) - len(todo), len(statements))
-    for start in range(0, len(todo), gen_chunk):
-        chunk = todo[start : start + gen_chunk]
+    done = sum(all(attempt_key(run_name, st.id, i, 0) in have for i in range(spec.n))
+               for st in statements)
+    report("generate", done, len(statements))
+    # Chunks have fixed boundaries in the statement list (a chunk is stored in one
+    # transaction): a resumed run skips stored chunks and batches the rest exactly as an
+    # uninterrupted run would, so samplers seeded per batch give the same samples.
+    for start in range(0, len(statements), gen_chunk):
+        chunk = statements[start : start + gen_chunk]
+        if all(attempt_key(run_name, st.id, i, 0) in have for st in chunk for i in range(spec.n)):
+            continue
         prompts = [fmt.build(st.header, st.formal_statement, st.informal) for st in chunk]
         t0 = time.perf_counter()
         outs = _generate(generator, fmt, prompts, params)
         timings["generate_s"] += time.perf_counter() - t0
+        _check_counts(outs, len(chunk), spec.n)
         recs = []
         for st, prompt, comps in zip(chunk, prompts, outs):
             recs += _records_for(run_name, run_id, fmt, st, prompt, comps, params, model_name,
                                  round_=0, samples=range(spec.n), parents=[None] * spec.n)
         with session_scope(engine) as s:
             queries.record_attempts(s, recs)
-        report("generate", len(statements) - len(todo) + start + len(chunk), len(statements))
+        done += sum(not all(attempt_key(run_name, st.id, i, 0) in have for i in range(spec.n))
+                    for st in chunk)
+        report("generate", done, len(statements))
 
     def verify() -> None:
         t0 = time.perf_counter()
@@ -232,28 +282,34 @@ def run_eval(
     for round_ in range(1, spec.rounds + 1):
         with session_scope(engine) as s:
             views = queries.attempts_of_run(s, run_id)
-            solved = queries.statements_with_proof(s, by_stmt)
+        # "still unsolved" is judged on this run's own verdicts, never on other runs'
+        solved = {v.statement_id for v in views if v.status == "proved"}
         last = {(v.statement_id, v.sample_index): v for v in views
                 if v.correction_round == round_ - 1}
         existing = {v.key for v in views if v.correction_round == round_}
         jobs = [v for (sid, _), v in sorted(last.items())
-                if sid not in solved and v.status not in (None, "proved") and v.proof is not None
-                and attempt_key(run_name, sid, v.sample_index, round_) not in existing]
+                if sid in by_stmt and sid not in solved and v.status not in (None, "proved")]
+        report(f"correct r{round_}", 0, len(jobs))
         for start in range(0, len(jobs), gen_chunk):
             chunk = jobs[start : start + gen_chunk]
+            if all(attempt_key(run_name, v.statement_id, v.sample_index, round_) in existing
+                   for v in chunk):
+                continue
             convs = []
             for v in chunk:
                 st = by_stmt[v.statement_id]
                 code, offset = attempt_code(st.formal_statement, v.proof or "", header=st.header,
                                             helpers=v.helpers)
                 original = fmt.build(st.header, st.formal_statement, st.informal)
-                errors = [Message(**m) for m in v.messages]
+                errors = ([Message(**m) for m in v.messages] if v.proof is not None
+                          else [_no_proof_message(spec.itp)])
                 convs.append(correction_conversation(original, v.completion or "", errors,
                                                      code=code, proof_line_offset=offset,
                                                      itp=spec.itp))
             t0 = time.perf_counter()
             outs = generator.chat(convs, corr_params)
             timings["generate_s"] += time.perf_counter() - t0
+            _check_counts(outs, len(chunk), 1)
             recs = []
             chat_fmt = fmt if fmt.is_chat else get_format("goedel-v2" if spec.itp == "lean" else "coq-chat")
             for v, conv, comps in zip(chunk, convs, outs):
@@ -262,10 +318,13 @@ def run_eval(
                                      samples=[v.sample_index], parents=[v.id])
             with session_scope(engine) as s:
                 queries.record_attempts(s, recs)
+            report(f"correct r{round_}", min(start + gen_chunk, len(jobs)), len(jobs))
         verify()
 
+    describe = getattr(checker, "describe", None)
     return summarize(engine, spec, run_name, run_id, dataset, model_name, statements,
-                     timings | {"wall_s": time.perf_counter() - t_start})
+                     timings | {"wall_s": time.perf_counter() - t_start},
+                     verifier_info=describe() if describe else None)
 
 
 def chain_outcomes(views: Sequence[queries.AttemptView]) -> dict[int, dict[int, bool]]:
@@ -280,25 +339,29 @@ def chain_outcomes(views: Sequence[queries.AttemptView]) -> dict[int, dict[int, 
 def summarize(
     engine: Engine, spec: EvalSpec, run_name: str, run_id: int, dataset: dict[str, Any],
     model_name: str, statements: Sequence[queries.StatementRecord],
-    timings: dict[str, float],
+    timings: dict[str, float], *, verifier_info: dict[str, Any] | None = None,
 ) -> EvalResult:
     with session_scope(engine) as s:
         views = queries.attempts_of_run(s, run_id)
         versions = queries.verifier_versions(s, run_id)
     outcomes = chain_outcomes(views)
-    proofs: dict[int, str] = {}
+    proofs: dict[int, queries.AttemptView] = {}
     status_counts: dict[str, int] = {}
-    verify_seconds = 0.0
     for v in views:
         status_counts[v.status or "unverified"] = status_counts.get(v.status or "unverified", 0) + 1
-        verify_seconds += v.seconds or 0.0
+        if v.reason == "no_proof_found":
+            status_counts["no_proof_found"] = status_counts.get("no_proof_found", 0) + 1
         if v.status == "proved" and v.statement_id not in proofs:
-            proofs[v.statement_id] = v.proof or ""
+            proofs[v.statement_id] = v
     problems = []
     for st in statements:
         chains = outcomes.get(st.id, {})
-        problems.append({"name": st.name, "statement_id": st.id, "n": len(chains),
-                         "c": sum(chains.values()), "proof": proofs.get(st.id)})
+        shown = proofs.get(st.id)
+        problem = {"name": st.name, "statement_id": st.id, "n": len(chains),
+                   "c": sum(chains.values()), "proof": shown.proof if shown else None}
+        if shown is not None and shown.helpers:
+            problem["helpers"] = shown.helpers  # checked between the header and the statement
+        problems.append(problem)
     pairs = [(p["n"], p["c"]) for p in problems]
     passk = []
     for k in spec.ks:
@@ -306,10 +369,12 @@ def summarize(
         passk.append({"k": k, "value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
                       "problems": est.problems})
     # Read from the stored verdicts: what actually checked these proofs.
+    info = verifier_info or {}
     verifier = {
-        "backend": ", ".join(sorted({b for b, _, _ in versions})) or spec.itp,
-        "version": ", ".join(sorted({v for _, v, _ in versions})) or "n/a",
-        "sandboxed": all(sb for _, _, sb in versions),
+        "backend": ", ".join(sorted({b for b, _, _ in versions})) or info.get("backend", spec.itp),
+        "version": ", ".join(sorted({v for _, v, _ in versions})) or info.get("version", "n/a"),
+        "sandboxed": (all(sb for _, _, sb in versions) if versions
+                      else info.get("sandboxed", True)),
         "timeout_s": spec.timeout,
     }
     return EvalResult(spec, run_name, run_id, dataset, problems, passk, timings, verifier,

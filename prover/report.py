@@ -22,7 +22,9 @@ def as_dict(result: EvalResult) -> dict:
         "model": result.model,
         "backend": result.spec.backend,
         "prompt_format": result.spec.prompt,
-        "sampling": {k: spec[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")},
+        "sampling": {k: spec[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")}
+        | {"stop": list(result.spec.sampling().stop)},
+        "k": list(result.spec.ks),
         "self_correction_rounds": result.spec.rounds,
         "pass_at_k_counts": "chains" if result.spec.rounds else "samples",
         "verifier": result.verifier,
@@ -45,7 +47,8 @@ def print_table(result: EvalResult, console: Console | None = None) -> None:
     console.print(table)
     t = d["timings"]
     console.print(
-        f"n={result.spec.n} rounds={result.spec.rounds} wall {t['wall_s']:.1f}s, generation "
+        f"n={result.spec.n} rounds={result.spec.rounds} (pass@k counts "
+        f"{d['pass_at_k_counts']}) wall {t['wall_s']:.1f}s, generation "
         f"{t['generate_s']:.1f}s, verification {t['verify_s']:.1f}s "
         f"({100 * (t['verify_share'] or 0):.0f}% of wall); verifier {result.verifier['backend']} "
         f"{result.verifier['version']}; attempts by status {result.counts}", markup=False
@@ -68,15 +71,16 @@ def _markdown(d: dict) -> str:
     lines = [
         f"# Evaluation `{d['run']}`",
         "",
-        f"- dataset: **{ds['name']}** split `{ds['split']}`, file sha256 `{ds['version']}`, "
-        f"source `{ds['source']}`",
+        f"- dataset: **{ds['name']}** split `{ds['split']}`, file `{ds.get('file', ds['source'])}` "
+        f"sha256 `{ds['version']}`, source `{ds['source']}`",
         f"- model: `{d['model']}` via backend `{d['backend']}`, prompt format `{d['prompt_format']}`",
         f"- sampling: n={s['n']}, temperature={s['temperature']}, top_p={s['top_p']}, "
         f"max_tokens={s['max_tokens']}, seed={s['seed']}",
         f"- self-correction rounds: {d['self_correction_rounds']} (pass@k counts "
         f"{d['pass_at_k_counts']})",
         f"- verifier: {d['verifier']['backend']} {d['verifier']['version']}, "
-        f"timeout {d['verifier']['timeout_s']} s",
+        f"timeout {d['verifier']['timeout_s']} s"
+        + ("" if d["verifier"].get("sandboxed", True) else " (**not sandboxed**)"),
         f"- wall time {t['wall_s']:.1f} s; generation {t['generate_s']:.1f} s; verification "
         f"{t['verify_s']:.1f} s ({100 * (t['verify_share'] or 0):.0f}% of wall)",
         "",
@@ -86,15 +90,31 @@ def _markdown(d: dict) -> str:
     for p in d["pass_at_k"]:
         lines.append(f"| {p['k']} | {100 * p['value']:.1f}% | {100 * p['ci_low']:.1f}–"
                      f"{100 * p['ci_high']:.1f}% | {p['problems']} |")
-    lines += ["", "## Problems", "", "| problem | n | c |", "|---|---|---|"]
+    unit = d["pass_at_k_counts"]
+    lines += ["", "## Problems", "", f"n and c count {unit}.", "",
+              f"| problem | n ({unit}) | c (successful {unit}) |", "|---|---|---|"]
     for p in d["problems"]:
         lines.append(f"| {p['name']} | {p['n']} | {p['c']} |")
     proved = [p for p in d["problems"] if p["proof"]]
     if proved:
         lines += ["", "## One verified proof per solved problem", ""]
         for p in proved:
-            lines += [f"### {p['name']}", "", "```", p["proof"].strip(), "```", ""]
+            lines += [f"### {p['name']}", ""]
+            if p.get("helpers"):
+                lines += ["Helpers (checked before the statement):", "", *_fenced(p["helpers"]),
+                          "", "Proof:", ""]
+            lines += [*_fenced(p["proof"]), ""]
     return "\n".join(lines) + "\n"
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block whose fence is longer than any backtick run in the (untrusted) text."""
+    best = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        best = max(best, run)
+    fence = "`" * max(3, best + 1)
+    return [fence, text.strip(), fence]
 
 
 def _plot(result: EvalResult, path: Path) -> None:

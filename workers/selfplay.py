@@ -69,6 +69,7 @@ class SelfPlayConfig:
     celery: bool = False
     conjecture: dict[str, Any] = field(default_factory=dict)  # conjecturer.ConjectureConfig
     train: dict[str, Any] = field(default_factory=dict)  # prover.train.sft.WeightedSFTConfig
+    bootstrap_train: dict[str, Any] = field(default_factory=dict)  # overrides `train`
     eval_n: int = 4
     eval_ks: tuple[int, ...] = (1, 4)
     eval_limit: int | None = None
@@ -430,11 +431,28 @@ def _bootstrap(cfg: SelfPlayConfig, engine: Engine, model: str, log) -> str:
     if not examples:
         return model
     rows = [{"prompt": e.prompt, "completion": e.completion, "weight": 1.0} for e in examples]
+    rows += bootstrap_conjecture_rows(cfg.itp, proofs)
     tcfg = WeightedSFTConfig(output_dir=str(out), model=model, init="previous", stage="sft",
-                             run=cfg.name, seed=cfg.seed, **cfg.train)
+                             run=cfg.name, seed=cfg.seed, **(cfg.train | cfg.bootstrap_train))
     train_sft(tcfg, rows, db=engine.url.render_as_string(hide_password=False),
               data_info={"bootstrap_eval_run": result.run_name})
     return str(out)
+
+
+def bootstrap_conjecture_rows(itp: str, proofs) -> list[dict[str, Any]]:
+    """The conjecturer's format taught by example: each solved statement (with its proof) as
+    the easy theorem, the next solved statement as the hard one. One model plays both roles."""
+    from conjecturer.prompts import conjecture_completion, conjecture_prompt
+
+    first: dict[int, Any] = {}
+    for p in proofs:
+        first.setdefault(p.statement_id, p)
+    solved = list(first.values())
+    return [
+        {"prompt": conjecture_prompt(itp, "", a.formal_statement, a.proof),
+         "completion": conjecture_completion(b.formal_statement), "weight": 1.0}
+        for a, b in zip(solved, solved[1:] + solved[:1])
+    ] if len(solved) > 1 else []
 
 
 def run_selfplay(

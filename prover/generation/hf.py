@@ -127,6 +127,10 @@ class HFGenerator:
             "max_new_tokens": params.max_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if params.stop:
+            # stop decoding a sequence once it emits a stop string (the text is still cut
+            # post hoc below); without this every sample runs to max_tokens
+            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if params.greedy:
             # greedy decoding cannot return several distinct sequences: decode once, repeat
             gen_kwargs.update(do_sample=False, num_return_sequences=1)
