@@ -395,7 +395,11 @@ def _extract_coq(
     if not post:
         return None
     end_i = next((i for i, s in enumerate(post) if _COQ_END.search(" " + s.text)), None)
-    last = post[end_i] if end_i is not None else post[-1]
+    if end_i is None:
+        # no closing Qed/Defined/Admitted/Abort: the proof is left open, which can only
+        # fail; record it as no proof rather than spend a verifier call on it
+        return None
+    last = post[end_i]
     proof_body = code[post[0].start : last.end].strip()
     if not _coq_mask(proof_body).strip():
         return None
