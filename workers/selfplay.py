@@ -26,20 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import Engine, select
 
 from db import queries
 from db.importer import import_benchmark
 from db.models import Round, Run
 from db.session import get_engine, session_scope
+from prover.recipe import Recipe
 
 STEPS = ("attempt", "verify", "conjecture", "attempt_conjectures", "select", "scaffold",
          "assemble", "train", "evaluate", "done")
 
 
 @dataclass
-class SelfPlayConfig:
+class SelfPlayConfig(Recipe):
     """A self-play recipe (YAML). Defaults follow STP where they apply to a CPU run."""
 
     name: str
@@ -75,19 +75,8 @@ class SelfPlayConfig:
     eval_limit: int | None = None
     seed: int = 0
 
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> SelfPlayConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        data |= {k: v for k, v in overrides.items() if v is not None}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        if "eval_ks" in data:
-            data["eval_ks"] = tuple(data["eval_ks"])
-        return cls(**data)
+    def __post_init__(self) -> None:
+        self.eval_ks = tuple(self.eval_ks)
 
     @property
     def run_dir(self) -> Path:
@@ -374,7 +363,7 @@ def _record_step(engine: Engine, run_id: int, index: int, step: str, *, next_ste
             rnd.timings = {**(rnd.timings or {}), f"{step}_s": round(seconds, 3)}
         rnd.step = next_step
         if next_step == "done":
-            rnd.finished_at = dt.datetime.now(dt.timezone.utc)
+            rnd.finished_at = dt.datetime.now(dt.UTC)
 
 
 def prepare_model(cfg: SelfPlayConfig, engine: Engine, run_id: int,
@@ -415,9 +404,11 @@ def _bootstrap(cfg: SelfPlayConfig, engine: Engine, model: str, log) -> str:
     out = cfg.run_dir / "bootstrap" / "model"
     if (out / "config.json").exists():
         return str(out)
+    # one tactic per sample: short verified proofs are what a small model can learn from
     spec = EvalSpec(benchmark=cfg.benchmark, itp=cfg.itp, variant=cfg.variant,
-                    split=cfg.train_split, backend="portfolio", prompt=cfg.prompt, n=1,
-                    timeout=cfg.verify_timeout, limit=cfg.limit)
+                    split=cfg.train_split, backend="portfolio", prompt=cfg.prompt, n=6,
+                    timeout=cfg.verify_timeout, limit=cfg.limit,
+                    backend_opts={"single": True})
     backend = backend_from_options(cfg.itp, workers=cfg.verify_workers)
     try:
         result = run_eval(spec, db=engine, checker=in_process_checker(backend, cfg.verify_timeout))

@@ -184,18 +184,28 @@ def _coq_statement(code: str) -> str | None:
     return code[m.start() if m else s.start : s.end].strip()
 
 
+def single_tactic_proofs(itp: str, statement: str) -> list[str]:
+    """One decision procedure per proof, in the statement's domain order: short proofs that
+    make good supervised data (a model learns which tactic fits which kind of statement)."""
+    if itp == "lean":
+        return [f"  {t}" for t in _lean_order(statement)]
+    return [f"{COQ_REQUIRE}\nProof.\n  intros; {t}.\nQed." for t in _coq_order(statement)]
+
+
 class PortfolioGenerator:
     name = "portfolio"
 
-    def __init__(self, itp: str | None = None, model: str | None = None, **_: object) -> None:
+    def __init__(self, itp: str | None = None, model: str | None = None, *,
+                 single: bool = False, **_: object) -> None:
         self.itp = itp.lower() if itp else None
-        self.model = model or "portfolio"
+        self.single = single
+        self.model = model or ("portfolio-single" if single else "portfolio")
 
     def proofs_for(self, itp: str, statement: str) -> list[str]:
-        return proofs_for(itp, statement)
+        return single_tactic_proofs(itp, statement) if self.single else proofs_for(itp, statement)
 
     def _pick(self, itp: str, statement: str, n: int) -> list[str]:
-        proofs = proofs_for(itp, statement)
+        proofs = self.proofs_for(itp, statement)
         return [proofs[j % len(proofs)] for j in range(n)]
 
     def generate(

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from prover.recipe import Recipe
 from prover.train.rewards import OverlongPenalty, VerifierReward
 from prover.train.sft import checkpointing_kwargs
 
@@ -46,7 +47,7 @@ from prover.train.sft import checkpointing_kwargs
 
 
 @dataclass
-class RLConfig:
+class RLConfig(Recipe):
     """A GRPO recipe. Batch: ``per_device_train_batch_size x gradient_accumulation_steps x
     processes`` rollouts per optimizer step, ``num_generations`` rollouts per prompt
     (Goedel-V2: 128 prompts x 8 rollouts)."""
@@ -139,25 +140,6 @@ class RLConfig:
             kw["reward_weights"] = [1.0, 1.0]
         kw.update(self.trl_args)
         return GRPOConfig(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RLConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown RL config keys: {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> RLConfig:
-        import yaml
-
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(d)
 
 
 # ----------------------------------------------------------------------------- dataset rows

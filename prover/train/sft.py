@@ -51,12 +51,14 @@ import torch
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from prover.recipe import Recipe
+
 INIT_MODES = ("previous", "base")
 NORMALIZATIONS = ("dataset-mean", "none")
 
 
 @dataclass
-class WeightedSFTConfig:
+class WeightedSFTConfig(Recipe):
     """A weighted-SFT recipe. Optimizer defaults follow STP: AdamW β=(0.9, 0.95), ε=1e-5,
     no weight decay, lr 5e-5, one epoch, constant lr after warmup."""
 
@@ -143,25 +145,6 @@ class WeightedSFTConfig:
         )
         kw.update(self.trl_args)
         return SFTConfig(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WeightedSFTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown weighted-SFT config keys: {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> WeightedSFTConfig:
-        import yaml
-
-        d = yaml.safe_load(Path(path).read_text()) or {}
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(d)
 
 
 def checkpointing_kwargs(config_cls: type, enabled: bool) -> dict[str, Any]:
