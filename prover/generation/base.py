@@ -91,6 +91,34 @@ class Generator(Protocol):
         ...
 
 
+FALLBACK_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def fallback_chat_prompt(conversation: Sequence[ChatMessage]) -> str:
+    """A plain template for tokenizers without a chat template."""
+    parts = []
+    for m in conversation:
+        role = FALLBACK_ROLE_NAMES.get(m["role"], str(m["role"]).capitalize())
+        parts.append(f"{role}:\n{m['content']}\n\n")
+    parts.append("Assistant:\n")
+    return "".join(parts)
+
+
+def render_chat(tokenizer: Any, conversation: Sequence[ChatMessage]) -> str:
+    """A conversation as the prompt text the model continues (an open assistant turn): the
+    tokenizer's chat template, else the fallback. One rendering for generation (hf, vllm) and
+    training (RL rows), so a model is trained on the prompts it is sampled with."""
+    if getattr(tokenizer, "chat_template", None):
+        text = str(tokenizer.apply_chat_template(list(conversation), tokenize=False,
+                                                 add_generation_prompt=True))
+        # encoding adds BOS again: avoid a doubled BOS
+        bos = getattr(tokenizer, "bos_token", None)
+        if bos and text.startswith(bos):
+            text = text[len(bos) :]
+        return text
+    return fallback_chat_prompt(conversation)
+
+
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut ``text`` at the earliest occurrence of any stop string (the stop string itself is
     dropped, as the OpenAI API and vLLM do). Returns the text and whether a stop matched."""

@@ -12,20 +12,8 @@ from prover.generation.base import (
     ProgressCallback,
     SamplingParams,
     apply_stop,
+    render_chat,
 )
-
-# Used when a tokenizer has no chat template: each message as "<Role>:\n<content>\n\n", then
-# an open "Assistant:" turn.
-FALLBACK_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
-def fallback_chat_prompt(conversation: Sequence[ChatMessage]) -> str:
-    parts = []
-    for m in conversation:
-        role = FALLBACK_ROLE_NAMES.get(m["role"], str(m["role"]).capitalize())
-        parts.append(f"{role}:\n{m['content']}\n\n")
-    parts.append("Assistant:\n")
-    return "".join(parts)
 
 
 class HFGenerator:
@@ -99,18 +87,7 @@ class HFGenerator:
         )
 
     def render_chat(self, conversation: Sequence[ChatMessage]) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            text = str(
-                self.tokenizer.apply_chat_template(
-                    list(conversation), tokenize=False, add_generation_prompt=True
-                )
-            )
-            # prompts are tokenized with special tokens (BOS) added: avoid a doubled BOS
-            bos = self.tokenizer.bos_token
-            if bos and text.startswith(bos):
-                text = text[len(bos) :]
-            return text
-        return fallback_chat_prompt(conversation)
+        return render_chat(self.tokenizer, conversation)
 
     # ------------------------------------------------------------------ internals
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prover.generation.base import ChatMessage, Completion, ProgressCallback, SamplingParams
+from prover.generation.base import (
+    ChatMessage,
+    Completion,
+    ProgressCallback,
+    SamplingParams,
+    render_chat,
+)
 
 INSTALL_HINT = (
     "the vllm backend needs vLLM, which is not installed: install the gpu extra "
@@ -113,12 +119,5 @@ class VLLMGenerator:
         progress: ProgressCallback | None = None,
     ) -> list[list[Completion]]:
         tok = self.llm.get_tokenizer()
-        prompts = []
-        for c in conversations:
-            text = tok.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
-            # the engine adds BOS itself when tokenizing: avoid a doubled BOS
-            bos = getattr(tok, "bos_token", None)
-            if bos and text.startswith(bos):
-                text = text[len(bos) :]
-            prompts.append(text)
+        prompts = [render_chat(tok, c) for c in conversations]
         return self.generate(prompts, params, progress=progress)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from prover.generation.base import render_chat
 from prover.recipe import Recipe
 from prover.train.rewards import OverlongPenalty, VerifierReward
 from prover.train.sft import checkpointing_kwargs
@@ -143,20 +144,6 @@ class RLConfig(Recipe):
 
 
 # ----------------------------------------------------------------------------- dataset rows
-
-
-def render_chat(tokenizer: Any, conversation: Sequence[dict[str, str]]) -> str:
-    """A conversation as the prompt text the model continues (an open assistant turn), the
-    same rendering the hf generation backend uses."""
-    from prover.generation.hf import fallback_chat_prompt
-
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
-        bos = getattr(tokenizer, "bos_token", None)
-        if bos and text.startswith(bos):  # the tokenizer adds it again when encoding
-            text = text[len(bos):]
-        return text
-    return fallback_chat_prompt(conversation)
 
 
 def whole_proof_row(
