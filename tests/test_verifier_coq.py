@@ -286,7 +286,7 @@ def _coqtop_pids() -> set[int]:
 def test_prover_crash_is_not_proved_and_pool_recovers(coq):
     header = "Require Import PArith.\n(* crash test *)\n"
     key = coq.prepare(ProofTask(header, TRUE_S, "Proof. reflexivity. Qed.")).key
-    with coq.pool.acquire(key) as s:  # warm the session the next attempt will use
+    with coq.session(key) as (s, _):  # warm the session the next attempt will use
         pass
     # descendants of this session's sandbox
     kids, stack = set(), [s.proc.proc.pid]
@@ -354,3 +354,40 @@ def test_public_api_and_unsafe_mode(rows):
         assert vs[0].status is Status.FAILED and vs[0].sandboxed is False
     with pytest.raises(ValueError):
         verifier.get_backend("isabelle")
+
+
+def test_session_moves_between_keys_without_leaking_libraries():
+    """One warm session serves proofs with different Require lines: it keeps the loaded
+    sentences as a stack and goes back to the common prefix, so a library loaded for one proof
+    is gone for the next (the same verdicts as one fresh coqc each)."""
+    header = "Require Import PeanoNat.\n"
+    stmt = "Theorem lk : forall n : nat, n + 0 = n."
+    with_lia = ProofTask(header, stmt, "Require Import Lia.\nProof. intros; lia. Qed.")
+    without = ProofTask(header, stmt, "Proof. intros; lia. Qed.")
+    with CoqBackend(pool_size=1) as b:
+        # sorted by Require sentences, the Lia key runs first, then the session goes back
+        vs = b.verify_batch([without, with_lia, without], timeout=60)
+        assert [v.status for v in vs] == [Status.FAILED, Status.PROVED, Status.FAILED], vs
+        assert b.pool.stats()["created"] == 1
+        with b.session(b.prepare(with_lia).key) as (s, errs):
+            assert not errs and s.loaded() == ["Require Import Lia.", "Require Import PeanoNat."]
+        with b.session(b.prepare(without).key) as (s, errs):
+            assert not errs and s.loaded() == ["Require Import PeanoNat."]
+        assert b.verify(without, timeout=60).status is Status.FAILED
+        with CoqBackend(mode="coqc") as naive:
+            assert [v.status for v in naive.verify_batch([without, with_lia], timeout=60)] == [
+                Status.FAILED, Status.PROVED]
+
+
+def test_assumptions_of_one_statement_checked_together_then_split(raw):
+    """The proofs of one statement share one Print Assumptions; a foreign axiom in the union
+    splits the group, so the clean proof is still proved and the cheat is still rejected."""
+    clean = ProofTask(NAT_H, TRUE_S, "Proof. reflexivity. Qed.")
+    classic = ProofTask(NAT_H, TRUE_S, "Require Import Classical.\nProof. "
+                        "destruct (classic True); reflexivity. Qed.")
+    cheat = ProofTask(NAT_H, TRUE_S, "Proof. Abort.\nAxiom cheat5 : 2 + 3 = 5.\n"
+                      "Theorem tt5 : 2 + 3 = 5.\nProof. exact cheat5. Qed.")
+    vs = raw.verify_batch([clean, cheat, classic], timeout=60)
+    assert vs[0].status is Status.PROVED and vs[0].axioms == []
+    assert vs[1].status is Status.REJECTED_UNSOUND and vs[1].reason == "axiom_not_allowed"
+    assert vs[2].status is Status.PROVED and "Coq.Logic.Classical_Prop.classic" in vs[2].axioms

@@ -5,22 +5,34 @@ Pipeline of ``verify_batch``:
 1. *Prepare*: Rocq 9 spellings are rewritten, the proof's leading ``Require`` sentences are split
    off (they go before the trusted header), and a text prefilter rejects kernel bypasses,
    dangerous vernacular, placeholders and navigation commands.
-2. *Screen* each attempt in a warm ``coqtop`` keyed by (proof requires + header) that returns to
-   its saved state with ``BackTo`` (``mode="warm"``), or with one ``coqc`` per proof
-   (``mode="coqc"``, the naive baseline). Errors, timeouts, memory exhaustion, floods and crashes
-   end here. Nothing the screening process prints can make an attempt ``proved``.
+2. *Screen* each attempt in a warm ``coqtop`` that returns to its saved state with ``BackTo``
+   (``mode="warm"``), or with one ``coqc`` per proof (``mode="coqc"``, the naive baseline).
+   Errors, timeouts, memory exhaustion, floods and crashes end here. Nothing the screening
+   process prints can make an attempt ``proved``. A key is the list of ``Require`` sentences
+   (proof's, then header's); a warm session keeps the sentences it has run as a stack with the
+   state after each, and moves to the next key by going back to the longest common prefix and
+   running the rest, so every worker holds one session for the whole batch instead of one
+   process per key. The attempts are sorted by key and cut into one contiguous run per worker
+   (a worker that runs out takes attempts from the end of the longest run).
 3. *Compile* the accepted attempts of one key together into one library (each in its own module;
-   on any failure each is compiled alone).
-4. *Recheck* per header in a fresh sandboxed coqtop that has touched no proof when it elaborates
-   the trusted statements: header, then for each statement ``Module R. <statement> Admitted. End R.
-   Definition T := <type of R.name>.``; only then the candidate libraries are ``Require``d (not
-   imported), and ``Definition chk : T := <candidate constant>.`` makes the kernel check that the
-   candidate proves exactly the trusted statement (up to conversion, which unfolds the header's
-   definitions, so a re-defined ``condition`` does not match). ``Print Assumptions chk`` is then
-   read from this trusted process; each name is resolved to its full path with ``Locate``; paths
-   under the candidate library (axioms declared by the checked text, whatever module names they
-   hide in) and paths outside the allowlist are rejected, as are constants the kernel checked with
-   guard, positivity or universe checking disabled. Optionally ``coqchk`` re-checks the libraries.
+   on any failure each is compiled alone). The trusted references (below) are built at the same
+   time, one ``coqc`` per header, from trusted text only.
+4. *Recheck* in a fresh sandboxed coqtop: the trusted references were elaborated by a process
+   that has touched no proof (header, then for each statement ``Module R. <statement> Admitted.
+   End R. Definition T := <type of R.name>.``); the recheck process ``Require``s (not imports)
+   them and the candidate libraries, and ``Definition chk : T := <candidate constant>.`` makes
+   the kernel check that the candidate proves exactly the trusted statement (up to conversion,
+   which unfolds the header's definitions, so a re-defined ``condition`` does not match).
+   ``Print Assumptions`` is then read from this trusted process, once for all the accepted proofs
+   of one statement (through a constant that references each ``chk``, so the answer is the union
+   of their assumptions: the traversal of the Reals closure costs ~0.5 s each time); each name is
+   resolved to its full path with ``Locate``; paths under a candidate library (axioms declared by
+   the checked text, whatever module names they hide in) and paths outside the allowlist are
+   rejected, as are constants the kernel checked with guard, positivity or universe checking
+   disabled. A union that is not clean is split and each proof is asked about alone, so the
+   verdicts are those of one query per proof; a ``proved`` verdict's ``axioms`` are those of the
+   proofs of its statement accepted in the same recheck (exact when it is the only one).
+   Optionally ``coqchk`` re-checks the libraries.
 """
 
 from __future__ import annotations
@@ -36,7 +48,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +63,7 @@ from .coq_session import (
     SessionTimeout,
     WarmSession,
     infomsgs,
+    key_sentences,
     mask,
     out_of_memory,
     parse_errors,
@@ -308,39 +323,48 @@ class CoqBackend:
         screened: list[tuple[tuple, Candidate]] = []
         t0 = time.monotonic()
         with cf.ThreadPoolExecutor(max_workers=self.workers) as ex:
-            screen = self._screen_warm if self.mode == "warm" else self._screen_coqc
-            # Units of work are runs of same-key attempts, so that one warm session serves a run
-            # instead of every worker starting its own session for the same libraries.
-            by_key: dict[str, list[tuple[tuple, Prepared]]] = {}
-            for kp in todo:
-                by_key.setdefault(kp[1].key, []).append(kp)
-            cap = max(4, -(-len(todo) // self.workers))
-            units = [g[i:i + cap] for g in by_key.values() for i in range(0, len(g), cap)]
-            units.sort(key=len, reverse=True)
             out_lock = threading.Lock()
 
-            def run_unit(unit: list[tuple[tuple, Prepared]]) -> None:
-                for k, p in unit:
+            def record(k: tuple, r: Verdict | Candidate) -> None:
+                with out_lock:
+                    if isinstance(r, Verdict):
+                        results[k] = r
+                    else:
+                        screened.append((k, r))
+                if self.on_progress is not None:
+                    self.on_progress(1)
+
+            if self.mode == "warm":
+                self._screen_all_warm(todo, timeout, ex, record)
+            else:
+                def one(kp: tuple[tuple, Prepared]) -> None:
                     try:
-                        r = screen(p, timeout)
+                        r = self._screen_coqc(kp[1], timeout)
                     except Exception as e:  # infrastructure fault: report, don't crash the batch
                         r = self._verdict(Status.INTERNAL_ERROR, "screen_error",
                                           messages=[Message("error", repr(e))])
-                    with out_lock:
-                        if isinstance(r, Verdict):
-                            results[k] = r
-                        else:
-                            screened.append((k, r))
-                    if self.on_progress is not None:
-                        self.on_progress(1)
+                    record(kp[0], r)
 
-            list(ex.map(run_unit, units))
-            screened.sort(key=lambda kc: order.index(kc[0]))
+                list(ex.map(one, todo))
+            position: dict[tuple, int] = {}
+            for i, k in enumerate(order):
+                position.setdefault(k, i)
+            screened.sort(key=lambda kc: position[kc[0]])
             self.timings["screen"] += time.monotonic() - t0
             if screened:
                 t1 = time.monotonic()
+                cands = [c for _, c in screened]
+                # the candidate libraries (warm mode) and the trusted references are independent:
+                # build them side by side, largest first
+                jobs: list[tuple[int, Callable[[], None]]] = []
                 if self.mode == "warm":
-                    self._compile_groups([c for _, c in screened], timeout, ex)
+                    for g in self._compile_plan(cands):
+                        jobs.append((len(g), lambda g=g: self._compile_group(g, timeout)))
+                for ps in self._refs_plan(cands):
+                    jobs.append((len(ps), lambda ps=ps: self._store_refs(self._build_refs(ps))))
+                jobs.sort(key=lambda j: -j[0])
+                for f in [ex.submit(fn) for _, fn in jobs]:
+                    f.result()
                 self.timings["compile"] += time.monotonic() - t1
                 t2 = time.monotonic()
                 rech = self._recheck_all([c for _, c in screened], timeout, ex)
@@ -367,23 +391,98 @@ class CoqBackend:
             for e in errs[:20]
         ]
 
+    @contextmanager
+    def session(self, key: str) -> Iterator[tuple[WarmSession, list[RawError]]]:
+        """A warm session positioned after the ``Require`` sentences of ``key`` (a prepared
+        task's ``key``) and the errors they raised. All sessions share one pool key: a session
+        loads only the sentences in which ``key`` differs from what it holds."""
+        with self.pool.acquire("") as s:
+            yield s, self._enter(s, key)
+
+    def _enter(self, s: WarmSession, key: str) -> list[RawError]:
+        t0 = time.monotonic()
+        try:
+            return s.enter(key_sentences(key))
+        finally:
+            self._add_time("load", time.monotonic() - t0)
+
+    def _add_time(self, name: str, secs: float) -> None:
+        with self._lock:
+            self.timings[name] = self.timings.get(name, 0.0) + secs
+
+    def _screen_all_warm(self, todo: list[tuple[tuple, Prepared]], timeout: float, ex: cf.Executor,
+                         record: Callable[[tuple, Verdict | Candidate], None]) -> None:
+        """Screen in warm sessions, one per worker, held for the whole batch. The attempts are
+        sorted by their ``Require`` sentences and cut into one contiguous run per worker, so a
+        session walks through neighbouring keys (reloading only the sentences that differ); a
+        worker that runs out takes attempts from the end of the longest remaining run."""
+        items = sorted(range(len(todo)), key=lambda i: (key_sentences(todo[i][1].key), i))
+        n = max(1, min(self.workers, len(items)))
+        size = -(-len(items) // n)
+        runs = [deque(todo[i] for i in items[j * size:(j + 1) * size]) for j in range(n)]
+        lock = threading.Lock()
+
+        def take(w: int) -> tuple[tuple, Prepared] | None:
+            with lock:
+                if runs[w]:
+                    return runs[w].popleft()
+                victim = max(runs, key=len)
+                return victim.pop() if victim else None
+
+        def worker(w: int) -> None:
+            held = None  # (context manager, session)
+            try:
+                while (item := take(w)) is not None:
+                    k, p = item
+                    if held is not None and (held[1].uses >= self.pool.max_uses or not held[1].alive()):
+                        held[0].__exit__(None, None, None)  # the pool recycles or replaces it
+                        held = None
+                    try:
+                        if held is None:
+                            cm = self.pool.acquire("")
+                            held = (cm, cm.__enter__())
+                        r = self._screen_in(held[1], p, timeout)
+                    except Exception as e:  # infrastructure fault: report, don't crash the batch
+                        r = self._verdict(Status.INTERNAL_ERROR, "screen_error",
+                                          messages=[Message("error", repr(e))])
+                        if held is not None:
+                            self.pool.discard(held[1])
+                    if held is not None and getattr(held[1], "_pool_discarded", False):
+                        held[0].__exit__(None, None, None)
+                        held = None
+                    record(k, r)
+            finally:
+                if held is not None:
+                    held[0].__exit__(None, None, None)
+
+        list(ex.map(worker, range(n)))
+
     def _screen_warm(self, prep: Prepared, timeout: float) -> Verdict | Candidate:
+        with self.pool.acquire("") as s:
+            return self._screen_in(s, prep, timeout)
+
+    def _screen_in(self, s: WarmSession, prep: Prepared, timeout: float) -> Verdict | Candidate:
+        """Screen one attempt in session ``s``; discards ``s`` if it cannot be reused."""
         t0 = time.monotonic()
         text, body_first = prep.stream_text()
-        with self.pool.acquire(prep.key) as s:
-            if s.header_errors:
-                return self._verdict(
-                    Status.FAILED,
-                    "header_error",
-                    messages=[Message("error", e.text, in_proof=False) for e in s.header_errors[:5]],
-                    seconds=time.monotonic() - t0,
-                )
-            ta = time.monotonic()
-            a = s.attempt(text, timeout)
-            with self._lock:
-                self.timings["attempt"] = self.timings.get("attempt", 0.0) + time.monotonic() - ta
-            if a.kind in ("timeout", "flood", "died", "oom"):
-                self.pool.discard(s)
+        try:
+            key_errors = self._enter(s, prep.key)
+        except (SessionTimeout, OutputLimit, SessionDied):
+            self.pool.discard(s)
+            raise
+        if key_errors:
+            return self._verdict(
+                Status.FAILED,
+                "header_error",
+                messages=[Message("error", e.text, in_proof=False) for e in key_errors[:5]],
+                seconds=time.monotonic() - t0,
+            )
+        ta = time.monotonic()
+        a = s.attempt(text, timeout)
+        self._add_time("check", a.check_seconds)
+        self._add_time("reset", time.monotonic() - ta - a.check_seconds)
+        if a.kind in ("timeout", "flood", "died", "oom") or not s.alive():
+            self.pool.discard(s)
         return self._classify(prep, a.kind, a.errors, a.output, text, body_first, False, time.monotonic() - t0, a.returncode)
 
     def _classify(self, prep, kind, errs, output, text, body_first, file_mode, secs, rc=None):
@@ -457,11 +556,11 @@ class CoqBackend:
         return kind, out, rc
 
     # ------------------------------------------------------------------ stage 3: compile
-    def _compile_groups(self, cands: list[Candidate], timeout: float, ex: cf.Executor) -> None:
+    def _compile_plan(self, cands: list[Candidate]) -> list[list[Candidate]]:
         groups: dict[str, list[Candidate]] = {}
         for c in cands:
             groups.setdefault(c.prep.key, []).append(c)
-        list(ex.map(lambda g: self._compile_group(g, timeout), groups.values()))
+        return list(groups.values())
 
     def _compile_group(self, group: list[Candidate], timeout: float) -> None:
         d = self._scratch("c")
@@ -506,14 +605,24 @@ class CoqBackend:
                 c.ref = r  # type: ignore[attr-defined]
                 ready.append(c)
         if ready:
-            n = min(self.workers, max(1, len(ready) // 24))  # each process pays the library load
-            chunks = [ready[i::n] for i in range(n)]
+            # One process per worker at most: each pays the library load (~0.5 s), and the
+            # assumption check costs one traversal per statement (up to ~0.5 s over R), so
+            # statements are dealt out whole, about two per process at the least.
+            by_stmt: dict[tuple, list[Candidate]] = {}
+            for c in ready:
+                by_stmt.setdefault((c.prep.header, c.prep.statement), []).append(c)
+            stmts = list(by_stmt.values())
+            n = min(self.workers, max(1, len(stmts) // 2))
+            chunks: list[list[Candidate]] = [[] for _ in range(n)]
+            for i, g in enumerate(stmts):
+                chunks[i % n].extend(g)
             for part in ex.map(lambda g: self._recheck_group(g, timeout), chunks):
                 res.update(part)
         return res
 
     # -- trusted references: the statements elaborated from the trusted header alone
-    def _ensure_refs(self, cands: list[Candidate], ex: cf.Executor) -> dict[tuple[str, str], object]:
+    def _refs_plan(self, cands: list[Candidate]) -> list[list[Prepared]]:
+        """The statements without a trusted reference yet, one list per header."""
         with self._lock:
             cache = self.__dict__.setdefault("_refs", {})
         need: dict[str, list[Prepared]] = {}
@@ -521,13 +630,18 @@ class CoqBackend:
             k = (c.prep.header, c.prep.statement)
             if k not in cache and all(p.statement != c.prep.statement for p in need.get(c.prep.header, [])):
                 need.setdefault(c.prep.header, []).append(c.prep)
-        jobs = []
-        for h, ps in need.items():
-            jobs.append(ps)
-        for built in ex.map(self._build_refs, jobs):
-            with self._lock:
-                cache.update(built)
-        return {(c.prep.header, c.prep.statement): cache[(c.prep.header, c.prep.statement)] for c in cands}
+        return list(need.values())
+
+    def _store_refs(self, built: dict[tuple[str, str], object]) -> None:
+        with self._lock:
+            self.__dict__.setdefault("_refs", {}).update(built)
+
+    def _ensure_refs(self, cands: list[Candidate], ex: cf.Executor) -> dict[tuple[str, str], object]:
+        for built in ex.map(self._build_refs, self._refs_plan(cands)):
+            self._store_refs(built)
+        with self._lock:
+            cache = self.__dict__["_refs"]
+            return {(c.prep.header, c.prep.statement): cache[(c.prep.header, c.prep.statement)] for c in cands}
 
     def _build_refs(self, preps: list[Prepared]) -> dict[tuple[str, str], object]:
         """Compile ``header + (Module R. statement Admitted. End R. Definition T := type)``* in a
@@ -594,7 +708,6 @@ class CoqBackend:
                           output_cap=self.output_cap * 4)
         res: dict[int, Verdict] = {}
         budget = 120.0 + 10.0 * len(group)
-        assumptions: dict[int, list[str]] = {}
         try:
             libs = sorted({c.ref[2] for c in group} | {c.lib for c in group})  # type: ignore[attr-defined]
             r = proc.run("Require " + " ".join(libs) + ".", budget)
@@ -605,7 +718,7 @@ class CoqBackend:
                 return {id(group[0]): self._verdict(
                     Status.INTERNAL_ERROR, "recheck_load",
                     messages=[Message("error", errs[0].text, in_proof=False)])}
-            names: set[str] = set()
+            valid: list[tuple[Candidate, str]] = []
             for i, c in enumerate(group):
                 r = proc.run(f"Definition K{n}_{i} : {c.ref[3]} := {c.const}.", budget)  # type: ignore[attr-defined]
                 errs = parse_errors(r.output)
@@ -616,42 +729,70 @@ class CoqBackend:
                                           + errs[0].text, in_proof=False)],
                     )
                     continue
-                r = proc.run(f"Print Assumptions K{n}_{i}.", budget)
-                lines = _assumption_lines(r.output)
-                bypass = [ln for ln in lines if _BYPASS_LINE.search(ln)]
-                if bypass:
-                    res[id(c)] = self._verdict(
-                        Status.REJECTED_UNSOUND, "kernel_bypass",
-                        messages=[Message("error", ln, in_proof=False) for ln in bypass[:5]],
-                    )
-                    continue
-                axs = [ln.split()[0] for ln in lines]
-                assumptions[id(c)] = axs
-                names.update(axs)
+                valid.append((c, f"K{n}_{i}"))
+            # Print Assumptions walks the whole dependency closure, which for anything over R is
+            # most of the Reals library (~0.5 s each time): the proofs of one statement are asked
+            # about together, through one constant that references all of them, whose
+            # assumptions are the union of theirs. A union inside the allowlist clears each of
+            # them; otherwise the group is split and each proof is asked about alone.
+            by_stmt: dict[str, list[tuple[Candidate, str]]] = {}
+            for c, kn in valid:
+                by_stmt.setdefault(c.ref[3], []).append((c, kn))  # type: ignore[attr-defined]
+            todo = list(by_stmt.values())
             full: dict[str, str] = {}
-            for nm in sorted(names):
-                if not re.fullmatch(r"[\w.']+", nm):
-                    full[nm] = "?" + nm
-                    continue
-                r = proc.run(f"Locate {nm}.", budget)
-                m = re.search(r"(?m)^(?:Constant|Inductive|Constructor)\s+([\w.']+)", _strip_tags(r.output))
-                full[nm] = m.group(1) if m else "?" + nm
+            j = 0
+            while todo:
+                found: list[tuple[list[tuple[Candidate, str]], list[str]]] = []
+                split: list[list[tuple[Candidate, str]]] = []
+                for g in todo:
+                    target = g[0][1]
+                    if len(g) > 1:
+                        j += 1
+                        target = f"G{n}_{j}"
+                        tup = "tt"
+                        for _, kn in reversed(g):
+                            tup = f"({kn}, {tup})"
+                        if parse_errors(proc.run(f"Definition {target} := {tup}.", budget).output):
+                            split += [[x] for x in g]
+                            continue
+                    lines = _assumption_lines(proc.run(f"Print Assumptions {target}.", budget).output)
+                    bypass = [ln for ln in lines if _BYPASS_LINE.search(ln)]
+                    if bypass and len(g) > 1:
+                        split += [[x] for x in g]
+                    elif bypass:
+                        res[id(g[0][0])] = self._verdict(
+                            Status.REJECTED_UNSOUND, "kernel_bypass",
+                            messages=[Message("error", ln, in_proof=False) for ln in bypass[:5]],
+                        )
+                    else:
+                        found.append((g, [ln.split()[0] for ln in lines]))
+                for nm in sorted({a for _, axs in found for a in axs} - set(full)):
+                    if not re.fullmatch(r"[\w.']+", nm):
+                        full[nm] = "?" + nm
+                        continue
+                    r = proc.run(f"Locate {nm}.", budget)
+                    m = re.search(r"(?m)^(?:Constant|Inductive|Constructor)\s+([\w.']+)", _strip_tags(r.output))
+                    full[nm] = m.group(1) if m else "?" + nm
+                for g, names in found:
+                    axs = sorted({full[a] for a in names})
+                    roots = {c.lib_root + "." for c, _ in g}
+                    own = [a for a in axs if a.startswith("?") or any(a.startswith(rt) for rt in roots)]
+                    bad = [a for a in axs if a not in self.allowed_axioms]
+                    if (own or bad) and len(g) > 1:
+                        split += [[x] for x in g]
+                        continue
+                    for c, _ in g:
+                        if own or bad:
+                            res[id(c)] = self._verdict(
+                                Status.REJECTED_UNSOUND, "axiom_not_allowed", axioms=axs,
+                                messages=[Message("error", "axioms outside the allowlist: "
+                                                  + ", ".join(own or bad), in_proof=False)],
+                            )
+                        else:
+                            res[id(c)] = self._verdict(Status.PROVED, None, axioms=axs)
+                todo = split
         finally:
             proc.close()
-        for c in group:
-            if id(c) in res:
-                continue
-            axs = sorted({full[a] for a in assumptions.get(id(c), [])})
-            own = [a for a in axs if a.startswith(c.lib_root + ".") or a.startswith("?")]
-            bad = [a for a in axs if a not in self.allowed_axioms]
-            if own or bad:
-                res[id(c)] = self._verdict(
-                    Status.REJECTED_UNSOUND, "axiom_not_allowed", axioms=axs,
-                    messages=[Message("error", "axioms outside the allowlist: " + ", ".join(own or bad),
-                                      in_proof=False)],
-                )
-            else:
-                res[id(c)] = self._verdict(Status.PROVED, None, axioms=axs)
         if self.use_coqchk:
             self._coqchk(group, res, timeout)
         return res
@@ -683,10 +824,10 @@ class CoqBackend:
         pre = rest.rstrip("\n") + "\n" if rest.strip() else ""
         stmt_first = pre.count("\n")
         text = pre + statement.rstrip("\n") + "\nAdmitted.\n"
-        with self.pool.acquire(hreq) as s:
-            if s.header_errors:
+        with self.session(hreq) as (s, key_errors):
+            if key_errors:
                 return self._verdict(Status.FAILED, "header_error", seconds=time.monotonic() - t0,
-                                     messages=[Message("error", e.text, in_proof=False) for e in s.header_errors[:5]])
+                                     messages=[Message("error", e.text, in_proof=False) for e in key_errors[:5]])
             a = s.attempt(text, timeout)
             if a.kind in ("timeout", "flood", "died", "oom"):
                 self.pool.discard(s)
@@ -721,7 +862,9 @@ class CoqBackend:
             f'all: match goal with |- ?G => idtac "{tag}" G end.\n'
         )
         text, _ = prep.stream_text()
-        with self.pool.acquire(prep.key) as s:
+        with self.session(prep.key) as (s, key_errors):
+            if key_errors:
+                return []
             a = s.attempt(text, timeout, after=after)
             if a.kind in ("timeout", "flood", "died", "oom"):
                 self.pool.discard(s)

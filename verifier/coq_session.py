@@ -5,8 +5,9 @@ command (``Locate <random nonce>.``) whose answer the checked text cannot predic
 request's output is found without trusting anything the proof prints. Reads are capped and
 bounded by a wall-clock deadline; on timeout, crash or flood the caller kills the process group.
 
-``WarmSession`` is a pool item: a coqtop that has loaded one header (plus the proof's own
-``Require`` sentences) and remembers the state id to return to (``BackTo``) after each attempt.
+``WarmSession`` is a pool item: a coqtop that has loaded the ``Require`` sentences of a proof
+and its header (kept as a stack, so that the next key only loads what differs) and remembers
+the state id to return to (``BackTo``) after each attempt.
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def split_requires(proof: str) -> tuple[str, str, int]:
         else:
             break
     return "\n".join(reqs), proof[cut:], cut
+
+
+def key_sentences(key: str) -> list[str]:
+    """The sentences of a key built by joining ``split_requires`` outputs (one per line)."""
+    return [ln for ln in key.split("\n") if ln.strip()]
 
 
 _THM = re.compile(
@@ -331,10 +337,19 @@ class Attempt:
     output: str = ""
     errors: list[RawError] = field(default_factory=list)
     returncode: int | None = None
+    check_seconds: float = 0.0  # wall time of the request that ran the text (proof checking)
 
 
 class WarmSession:
-    """A coqtop with ``key`` (proof requires + header) loaded and a state to return to."""
+    """A coqtop that returns to a saved state after every attempt.
+
+    ``key`` (usually empty) is run once at start. On top of it the session keeps a stack of
+    ``Require`` sentences, each with the state after it: :meth:`enter` makes a sequence of
+    sentences current by going back (``BackTo``) to the longest prefix already loaded and running
+    only the rest, so a session moves between the libraries of different proofs and headers
+    without a restart; attempts then return to the state after the last sentence. Running a
+    sequence of sentences in one go or split across ``enter`` and ``attempt`` is the same Coq
+    document, so the verdicts do not depend on what the session held before."""
 
     def __init__(
         self,
@@ -348,6 +363,7 @@ class WarmSession:
     ) -> None:
         self.key = key
         self.uses = 0
+        self.start_timeout = start_timeout
         self.header_errors: list[RawError] = []
         self.proc = CoqProcess(sandbox, scratch, coqtop=coqtop, output_cap=output_cap)
         try:
@@ -360,8 +376,41 @@ class WarmSession:
             self.proc.close()
             raise SessionDied("no prompt from coqtop", reply.output)
         # the state to return to is the one in which the sentinel was read
-        self.state = reply.prompt_after.state
+        self.base_state = self.state = reply.prompt_after.state
         self._base = reply.prompt_after
+        self._stack: list[tuple[str, int, list[RawError]]] = []  # (sentence, state after, errors)
+        self.switches = 0  # enter() calls that had to load something (statistics)
+
+    def loaded(self) -> list[str]:
+        return [s for s, _, _ in self._stack]
+
+    def enter(self, sentences: list[str]) -> list[RawError]:
+        """Make the state after ``sentences`` (run on top of ``key``) the one attempts return
+        to; returns the errors of ``key`` and of these sentences. Raises SessionTimeout,
+        OutputLimit or SessionDied (the caller must then discard the session)."""
+        j = 0
+        while j < min(len(sentences), len(self._stack)) and self._stack[j][0] == sentences[j]:
+            j += 1
+        if j < len(self._stack):
+            target = self._stack[j - 1][1] if j else self.base_state
+            back = self.proc.run(f"BackTo {target}.", 30.0)
+            p = back.prompt_after
+            if p is None or p.state != target or p.proofs.strip():
+                self.proc.close()
+                raise SessionDied("could not return to a loaded state", back.output)
+            del self._stack[j:]
+            self.state = target
+        if j < len(sentences):
+            self.switches += 1
+        for sent in sentences[j:]:
+            reply = self.proc.run(sent + "\n", self.start_timeout)
+            p = reply.prompt_after
+            if p is None or p.proofs.strip():
+                self.proc.close()
+                raise SessionDied("unexpected state after a Require", reply.output)
+            self._stack.append((sent, p.state, parse_errors(reply.output)))
+            self.state = p.state
+        return self.header_errors + [e for _, _, errs in self._stack for e in errs]
 
     # WarmProcess protocol
     def alive(self) -> bool:
@@ -376,17 +425,19 @@ class WarmSession:
     def attempt(self, text: str, timeout: float, *, after: str = "") -> Attempt:
         """Run ``text`` (statement + proof), optionally ``after`` commands, then go back."""
         self.uses += 1
+        t0 = time.monotonic()
         try:
             reply = self.proc.run(text, timeout)
+            checked = time.monotonic() - t0
             extra = self.proc.run(after, 30.0) if after else None
             back = self.proc.run(f"BackTo {self.state}.", 30.0)
         except SessionTimeout as e:
-            return Attempt("timeout", e.output)
+            return Attempt("timeout", e.output, check_seconds=time.monotonic() - t0)
         except OutputLimit as e:
-            return Attempt("flood", e.output)
+            return Attempt("flood", e.output, check_seconds=time.monotonic() - t0)
         except SessionDied as e:
             kind = "oom" if out_of_memory(e.output) or e.returncode in (-6, 134) else "died"
-            return Attempt(kind, e.output, returncode=e.returncode)
+            return Attempt(kind, e.output, returncode=e.returncode, check_seconds=time.monotonic() - t0)
         # integrity: we must be back at the saved state with no open proof
         p = back.prompt_after
         if p is None or p.state != self.state or p.proofs.strip():
@@ -397,13 +448,13 @@ class WarmSession:
             out += "\n" + extra.output
         if out_of_memory(_TAGGED.sub("", reply.output)):
             self.proc.close()
-            return Attempt("oom", out, errs)
+            return Attempt("oom", out, errs, check_seconds=checked)
         if errs:
-            return Attempt("error", out, errs)
+            return Attempt("error", out, errs, check_seconds=checked)
         pa = reply.prompt_after
         if pa is None or pa.proofs.strip() or pa.name != self._base.name:
-            return Attempt("open", out)
-        return Attempt("ok", out)
+            return Attempt("open", out, check_seconds=checked)
+        return Attempt("ok", out, check_seconds=checked)
 
 
 def raw_to_message(
