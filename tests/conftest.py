@@ -83,5 +83,9 @@ def db_url(request, tmp_path):
 @pytest.fixture()
 def pg_url(pg_database_url):
     """The scratch PostgreSQL database, emptied for this test."""
+    from db.session import dispose_engines
+
+    dispose_engines()  # cached engines remember an upgraded schema that is now gone
     _reset_pg(pg_database_url)
-    return pg_database_url
+    yield pg_database_url
+    dispose_engines()
