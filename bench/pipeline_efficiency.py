@@ -74,7 +74,7 @@ def run_celery(items, db_url: str, workers: int, timeout: float, chunk: int,
     log = open(home / "worker.log", "w")
     worker = subprocess.Popen(
         [str(Path(sys.executable).with_name("prover")), "worker", "--queues", "verify",
-         "--concurrency", str(workers), "--loglevel", "warning"],
+         "--concurrency", str(workers), "--loglevel", "info"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # the clock starts when the work is submitted; worker boot is excluded, but each
@@ -95,6 +95,10 @@ def run_celery(items, db_url: str, workers: int, timeout: float, chunk: int,
     finally:
         os.killpg(worker.pid, 9)
         worker.wait()
+        if os.environ.get("PIPELINE_BENCH_LOG"):
+            import shutil
+
+            shutil.copy(home / "worker.log", os.environ["PIPELINE_BENCH_LOG"])
     with session_scope(db_url) as s:
         views = {v.id: v.status for v in queries.attempts_of_run(s, run.id)}
     return seconds, [views[i] for i in order]
@@ -104,7 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=60, help="valid statements (3 proofs each)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--chunk", type=int, default=16, help="proofs per Celery task")
+    ap.add_argument("--chunk", type=int, default=30, help="proofs per Celery task")
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379")

@@ -37,7 +37,11 @@ def verify_pending_via_celery(
     groups: dict[tuple[int, str], list[int]] = {}
     for p in pending:
         groups.setdefault((p.statement_id, p.proof_hash), []).append(p.attempt_id)
-    batches = [[aid for g in part for aid in g] for part in _chunks(list(groups.values()), chunk)]
+    # round-robin, not consecutive: slow proofs (often of neighbouring statements) spread over
+    # tasks instead of piling up in one that then runs alone at the end
+    unique = list(groups.values())
+    n_batches = -(-len(unique) // chunk)
+    batches = [[aid for g in unique[j::n_batches] for aid in g] for j in range(n_batches)]
     if not batches:
         return 0
     url = engine.url.render_as_string(hide_password=False)

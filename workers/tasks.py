@@ -45,8 +45,10 @@ def verify_attempts(self, db_url: str, itp: str, attempt_ids: list[int], timeout
     from db.session import get_engine
     from prover.checking import verify_pending
 
+    # the whole task in one verifier batch: the trusted compile + recheck stage is paid once
     stats = verify_pending(get_engine(db_url), _backend(itp, verifier_opts or {}),
-                           timeout=timeout, attempt_ids=attempt_ids)
+                           timeout=timeout, attempt_ids=attempt_ids,
+                           chunk=max(len(attempt_ids), 1))
     return {"attempts": stats.attempts, "unique": stats.unique, "seconds": stats.seconds}
 
 
