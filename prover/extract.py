@@ -26,6 +26,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from verifier.coq_session import mask as coq_mask
+from verifier.lean.header import code_only as lean_code_only
+
 LEAN_LANGS = ("lean4", "lean")
 COQ_LANGS = ("coq", "rocq", "v")
 
@@ -107,41 +110,8 @@ _LEAN_DROP_LINE = re.compile(r"^\s*(?:import\s|set_option\s+maxHeartbeats\b|open
 
 def _lean_mask(text: str) -> str:
     """``text`` with comments and string literals blanked (newlines kept), so that searches
-    on the mask give positions valid in ``text``."""
-    out = list(text)
-    i, n = 0, len(text)
-
-    def blank(a: int, b: int) -> None:
-        for j in range(a, min(b, n)):
-            if out[j] != "\n":
-                out[j] = " "
-
-    while i < n:
-        if text.startswith("--", i):
-            j = text.find("\n", i)
-            j = n if j == -1 else j
-            blank(i, j)
-            i = j
-        elif text.startswith("/-", i):
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if text.startswith("/-", j):
-                    depth, j = depth + 1, j + 2
-                elif text.startswith("-/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            blank(i, j)
-            i = j
-        elif text[i] == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            blank(i, j + 1)
-            i = j + 1
-        else:
-            i += 1
-    return "".join(out)
+    on the mask give positions valid in ``text`` (the verifier's Lean lexer)."""
+    return lean_code_only(text)
 
 
 def _lean_find_assign(mask: str, start: int) -> int:
@@ -281,40 +251,9 @@ _COQ_END = re.compile(r"(?:^|[\s{}+*-])(?:Qed|Defined|Admitted|Abort(?:\s+All)?|
 
 
 def _coq_mask(text: str) -> str:
-    out = list(text)
-    i, n = 0, len(text)
-
-    def blank(a: int, b: int) -> None:
-        for j in range(a, min(b, n)):
-            if out[j] != "\n":
-                out[j] = " "
-
-    while i < n:
-        if text.startswith("(*", i):
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if text.startswith("(*", j):
-                    depth, j = depth + 1, j + 2
-                elif text.startswith("*)", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            blank(i, j)
-            i = j
-        elif text[i] == '"':
-            j = i + 1
-            while j < n:
-                if text[j] == '"':
-                    if text.startswith('""', j):  # Coq escapes a quote by doubling it
-                        j += 2
-                        continue
-                    break
-                j += 1
-            blank(i, j + 1)
-            i = j + 1
-        else:
-            i += 1
-    return "".join(out)
+    """``text`` with comments blanked and string contents masked (the verifier's Coq lexer,
+    tolerant of output cut off inside a comment or string)."""
+    return coq_mask(text, strict=False)
 
 
 @dataclass(frozen=True)

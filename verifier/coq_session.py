@@ -32,10 +32,11 @@ class LexError(ValueError):
     pass
 
 
-def mask(text: str) -> str:
+def mask(text: str, *, strict: bool = True) -> str:
     """``text`` with comments blanked and string contents replaced by ``_`` (same length).
 
-    Raises LexError on an unterminated comment or string, as Coq's lexer would."""
+    Raises LexError on an unterminated comment or string, as Coq's lexer would; with
+    ``strict=False`` (model output that may be cut off) the rest of the text is blanked."""
     out = list(text)
     i, n = 0, len(text)
     while i < n:
@@ -47,17 +48,17 @@ def mask(text: str) -> str:
                 elif text.startswith("*)", j):
                     depth, j = depth - 1, j + 2
                 elif text[j] == '"':
-                    j = _skip_string(text, j)
+                    j = _skip_string(text, j, strict)
                 else:
                     j += 1
-            if depth:
+            if depth and strict:
                 raise LexError("unterminated comment")
             for k in range(i, j):
                 if out[k] != "\n":
                     out[k] = " "
             i = j
         elif text[i] == '"':
-            j = _skip_string(text, i)
+            j = _skip_string(text, i, strict)
             for k in range(i + 1, j - 1):
                 if out[k] != "\n":
                     out[k] = "_"
@@ -67,13 +68,15 @@ def mask(text: str) -> str:
     return "".join(out)
 
 
-def _skip_string(text: str, i: int) -> int:
+def _skip_string(text: str, i: int, strict: bool = True) -> int:
     """Index just after the string literal starting at ``text[i] == '"'`` ("" escapes a quote)."""
     j = i + 1
     while True:
         k = text.find('"', j)
         if k < 0:
-            raise LexError("unterminated string")
+            if strict:
+                raise LexError("unterminated string")
+            return len(text) + 1
         if text.startswith('""', k):
             j = k + 2
             continue
