@@ -260,25 +260,15 @@ def test_embedded_selfplay_round_runs_and_resumes_after_a_kill(tmp_path, shared_
     db = f"sqlite:///{tmp_path}/sp.db"
     env = dict(os.environ, PROVER_HOME=str(tmp_path / "home"), PROVER_DB_URL=db)
     cmd = [PROVER, "selfplay", "--config", str(recipe)]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, start_new_session=True)
+    # killed after the verify step did its work, before the step was recorded as done
+    first = subprocess.run(cmd, env=env | {"PROVER_FAULT_INJECT": "kill-after:verify"},
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == -signal.SIGKILL, first.stdout + first.stderr
     engine = create_engine(db)
-    deadline = time.time() + 240
-    killed_in = None
-    while time.time() < deadline and first.poll() is None:
-        try:
-            with engine.connect() as conn:
-                step = conn.execute(text("SELECT step FROM rounds WHERE \"index\" = 0")).scalar()
-                n = conn.execute(text("SELECT COUNT(*) FROM attempts WHERE round_index = 0")).scalar()
-        except Exception:
-            step, n = None, 0
-        if step in ("verify", "conjecture") and n:
-            os.killpg(first.pid, signal.SIGKILL)
-            killed_in = step
-            break
-        time.sleep(0.2)
-    first.wait(timeout=30)
-    assert killed_in, "the driver finished before it could be killed:\n" + first.stdout.read()
+    with engine.connect() as conn:
+        step = conn.execute(text("SELECT step FROM rounds WHERE \"index\" = 0")).scalar()
+        stored = conn.execute(text("SELECT COUNT(*) FROM attempts WHERE round_index = 0")).scalar()
+    assert step == "verify" and stored == 6 * 2
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     with engine.connect() as conn:

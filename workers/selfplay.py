@@ -446,6 +446,17 @@ def bootstrap_conjecture_rows(itp: str, proofs) -> list[dict[str, Any]]:
     ] if len(solved) > 1 else []
 
 
+def _fault_point(step: str) -> None:
+    """Fault injection for the resume tests: PROVER_FAULT_INJECT=kill-after:<step> SIGKILLs
+    the driver after the step's work is done but before it is recorded as done, the worst
+    moment for bookkeeping (the restarted driver redoes the step)."""
+    import os
+    import signal
+
+    if os.environ.get("PROVER_FAULT_INJECT") == f"kill-after:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_selfplay(
     cfg: SelfPlayConfig,
     *,
@@ -488,6 +499,7 @@ def run_selfplay(
                 _record_step(engine, run_id, index, step, next_step=step)
                 t0 = time.perf_counter()
                 counts = STEP_FUNCS[step](ctx)
+                _fault_point(step)
                 _record_step(engine, run_id, index, step, next_step=nxt, counts=counts,
                              seconds=time.perf_counter() - t0)
                 if stop_after == step:
