@@ -287,3 +287,28 @@ def test_embedded_selfplay_round_runs_and_resumes_after_a_kill(tmp_path, shared_
     assert {"attempt", "verify", "conjecture", "select", "assemble", "train",
             "evaluate"} <= set(counts)
     assert "pass@1" in counts["evaluate"]
+
+
+def test_embedded_broker_needs_no_server(tmp_path):
+    """The default broker and result backend are SQLite files: `prover worker` and
+    `prover verify --via-celery` work with no service running."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PROVER_BROKER_URL", "PROVER_RESULT_BACKEND")}
+    env["PROVER_HOME"] = str(tmp_path / "home")
+    worker = Worker("embedded", env, tmp_path / "w.log")
+    rows = [{"id": 1, "header": "", "statement": "Theorem t : 1 + 1 = 2.",
+             "proof": "Proof. reflexivity. Qed."},
+            {"id": 2, "header": "", "statement": "Theorem u : 1 + 1 = 3.",
+             "proof": "Proof. reflexivity. Qed."}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        worker.wait_ready()
+        out = subprocess.run([PROVER, "verify", "--itp", "coq", "--input",
+                              str(tmp_path / "in.jsonl"), "--via-celery"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        worker.stop()
+    assert out.returncode == 0, out.stderr + worker.text()
+    verdicts = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [(v["id"], v["status"]) for v in verdicts] == [(1, "proved"), (2, "failed")]
+    assert "succeeded" in worker.text()

@@ -31,8 +31,16 @@ def result_backend() -> str:
 
 
 def make_app(broker: str | None = None, backend: str | None = None) -> Celery:
-    app = Celery("selfplay_prover", broker=broker or broker_url(),
-                 backend=backend or result_backend(), include=["workers.tasks"])
+    broker = broker or broker_url()
+    app = Celery("selfplay_prover", broker=broker, backend=backend or result_backend(),
+                 include=["workers.tasks"])
+    transport_options = {}
+    if broker.split("://", 1)[0] in ("redis", "rediss", "sqs"):
+        # Redis/SQS redeliver a message not acknowledged within this time (a worker killed
+        # outright); keep it above the longest task's time limit. (Other transports take
+        # no such option: the SQLAlchemy one would pass it to create_engine.)
+        transport_options["visibility_timeout"] = int(
+            os.environ.get("PROVER_VISIBILITY_TIMEOUT", "3600"))
     app.conf.update(
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="control",
@@ -51,11 +59,7 @@ def make_app(broker: str | None = None, backend: str | None = None) -> Celery:
         accept_content=["json"],
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
-        # Redis/SQS redeliver a message not acknowledged within this time (a worker killed
-        # outright); keep it above the longest task's time limit.
-        broker_transport_options={
-            "visibility_timeout": int(os.environ.get("PROVER_VISIBILITY_TIMEOUT", "3600"))
-        },
+        broker_transport_options=transport_options,
     )
     return app
 
