@@ -57,11 +57,8 @@ def run(url: str, rows: int, statements: int, batch: int) -> tuple[float, float]
                 queries.record_attempts(s, recs, batch_size=batch)
             progress.advance(task, len(recs))
     ingest = rows / (time.perf_counter() - t0)
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE"))
-        else:
-            conn.execute(text("ANALYZE"))
+    with engine.begin() as conn:  # fresh planner statistics on both engines
+        conn.execute(text("ANALYZE"))
     t0 = time.perf_counter()
     with session_scope(engine) as s:
         result = queries.pass_rates(s)

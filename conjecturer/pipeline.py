@@ -25,7 +25,6 @@ The funnel counts of every step land in ``rounds.counts['conjecturer']``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -232,6 +231,7 @@ def attempt_conjectures(
     statement_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Step 2: the prover's attempts at the round's conjectures (or ``statement_ids``)."""
+    from prover.attempts import completion_record
     from prover.checking import verify_pending
     from prover.generation.base import SamplingParams
     from prover.prompts import DEFAULT_FORMAT, get_format
@@ -258,21 +258,15 @@ def attempt_conjectures(
     if todo:
         prompts = [fmt.build(c.header, c.formal_statement) for c in todo]
         outs = generator.chat(prompts, params) if fmt.is_chat else generator.generate(prompts, params)
-        for c, prompt, comps in zip(todo, prompts, outs):
-            for i, comp in enumerate(comps):
-                ex = fmt.extract(c.header, c.formal_statement, comp.text)
-                records.append(queries.AttemptRecord(
-                    key=attempt_key(run_name, round_index, c.statement_id, i),
-                    statement_id=c.statement_id, proof=ex.proof if ex else None,
-                    helpers=ex.helpers if ex else "", run_id=run_id, round_index=round_index,
-                    model=model, sample_index=i,
-                    prompt=prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False),
-                    completion=comp.text, prompt_tokens=comp.prompt_tokens,
-                    completion_tokens=comp.completion_tokens,
-                    sampling={"n": params.n, "temperature": params.temperature,
-                              "top_p": params.top_p, "max_tokens": params.max_tokens},
-                    verdict=None if ex else {"status": "failed", "reason": "no_proof_found"},
-                ))
+        records = [
+            completion_record(
+                fmt, key=attempt_key(run_name, round_index, c.statement_id, i),
+                statement_id=c.statement_id, header=c.header, formal_statement=c.formal_statement,
+                prompt=prompt, completion=comp, params=params, model=model, run_id=run_id,
+                round_index=round_index, sample_index=i)
+            for c, prompt, comps in zip(todo, prompts, outs)
+            for i, comp in enumerate(comps)
+        ]
         with session_scope(engine) as s:
             ids = queries.record_attempts(s, records)
         verify_pending(engine, backend, timeout=cfg.verify_timeout, attempt_ids=list(ids.values()))

@@ -440,26 +440,6 @@ def attempts_of_run(
     return _attempt_views(session, q)
 
 
-def verified_proof_for(
-    session: Session, statement_id: int, proof_text: str, helpers: str = ""
-) -> dict | None:
-    """A stored verdict for this exact proof of this statement, if any (identical proofs are
-    verified once and counted with multiplicity)."""
-    row = session.execute(
-        select(Verdict)
-        .join(Attempt, Attempt.id == Verdict.attempt_id)
-        .where(Attempt.statement_id == statement_id, Attempt.proof_hash == proof_hash(proof_text, helpers))
-        .limit(1)
-    ).scalar_one_or_none()
-    if row is None:
-        return None
-    return {
-        "status": row.status.value, "reason": row.reason, "messages": row.messages,
-        "axioms": row.axioms, "seconds": row.seconds, "backend": row.backend,
-        "backend_version": row.backend_version, "sandboxed": row.sandboxed,
-    }
-
-
 # --- pass rates ----------------------------------------------------------------------------
 
 

@@ -20,16 +20,14 @@ from typing import Any
 from sqlalchemy import Engine
 
 from db import queries
-from db.importer import BENCHMARKS, DEFAULT_VARIANT, import_benchmark
+from db.importer import BENCHMARKS, DEFAULT_VARIANT, Benchmark, import_benchmark
 from db.session import get_engine, session_scope
+from prover.attempts import completion_record
 from prover.correction import attempt_code, correction_conversation
 from prover.generation.base import Completion, Generator, SamplingParams, make_generator
 from prover.passk import estimate_pass_at_k
 from prover.prompts import DEFAULT_FORMAT, PromptFormat, get_format
 from verifier.types import Backend, Message
-
-NO_PROOF = {"status": "failed", "reason": "no_proof_found", "messages": [], "axioms": [],
-            "seconds": 0.0, "backend": "", "backend_version": "", "sandboxed": True}
 
 
 @dataclass
@@ -62,9 +60,14 @@ class EvalSpec:
         if bad:
             raise ValueError(f"-k {bad}: every k must be between 1 and n = {self.n}")
 
+    def named_benchmark(self) -> Benchmark | None:
+        """The pinned benchmark file this spec names, or None for an imported dataset name."""
+        variant = self.variant or DEFAULT_VARIANT.get((self.benchmark, self.itp), "")
+        return BENCHMARKS.get((self.benchmark, self.itp, variant))
+
     def dataset_name(self) -> str:
-        key = (self.benchmark, self.itp, self.variant or DEFAULT_VARIANT.get((self.benchmark, self.itp), ""))
-        return BENCHMARKS[key].name if key in BENCHMARKS else self.benchmark
+        bench = self.named_benchmark()
+        return bench.name if bench else self.benchmark
 
     def sampling(self) -> SamplingParams:
         fmt = get_format(self.prompt or DEFAULT_FORMAT[self.itp])
@@ -115,10 +118,6 @@ class EvalResult:
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-def _prompt_text(prompt: str | list[dict[str, str]]) -> str:
-    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
-
-
 def _generate(generator: Generator, fmt: PromptFormat, prompts: Sequence[Any],
               params: SamplingParams) -> list[list[Completion]]:
     if fmt.is_chat:
@@ -131,25 +130,16 @@ def _records_for(
     prompt: Any, completions: Sequence[Completion], params: SamplingParams, model: str,
     *, round_: int, samples: Sequence[int], parents: Sequence[int | None],
 ) -> list[queries.AttemptRecord]:
-    recs = []
-    for sample, parent, comp in zip(samples, parents, completions):
-        extracted = fmt.extract(stmt.header, stmt.formal_statement, comp.text)
-        recs.append(queries.AttemptRecord(
-            key=attempt_key(run_name, stmt.id, sample, round_),
-            statement_id=stmt.id,
-            proof=extracted.proof if extracted else None,
-            helpers=extracted.helpers if extracted else "",
-            run_id=run_id, model=model,
+    return [
+        completion_record(
+            fmt, key=attempt_key(run_name, stmt.id, sample, round_), statement_id=stmt.id,
+            header=stmt.header, formal_statement=stmt.formal_statement, prompt=prompt,
+            completion=comp, params=params, model=model, run_id=run_id,
             mode="correction" if round_ else "whole-proof", correction_round=round_,
             parent_attempt_id=parent, sample_index=sample,
-            prompt=_prompt_text(prompt), completion=comp.text,
-            prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens,
-            sampling={"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
-                      "max_tokens": params.max_tokens, "seed": params.seed},
-            # An output with no extractable proof is a failed attempt that costs no verifier time.
-            verdict=None if extracted else NO_PROOF,
-        ))
-    return recs
+        )
+        for sample, parent, comp in zip(samples, parents, completions)
+    ]
 
 
 # Verifies the run's pending attempts and stores their verdicts: (engine, run_id, progress).
@@ -210,15 +200,12 @@ def run_eval(
     timings = {"generate_s": 0.0, "verify_s": 0.0}
 
     with session_scope(engine) as s:
-        if queries.latest_dataset(s, spec.dataset_name()) is None and (
-            spec.benchmark, spec.itp, spec.variant or DEFAULT_VARIANT.get((spec.benchmark, spec.itp), "")
-        ) in BENCHMARKS:
+        bench = spec.named_benchmark()
+        if queries.latest_dataset(s, spec.dataset_name()) is None and bench is not None:
             import_benchmark(s, spec.benchmark, itp=spec.itp, variant=spec.variant)
         ds = queries.latest_dataset(s, spec.dataset_name())
         if ds is None:
             raise LookupError(f"dataset {spec.dataset_name()!r} is not imported")
-        bench = BENCHMARKS.get((spec.benchmark, spec.itp, spec.variant
-                                or DEFAULT_VARIANT.get((spec.benchmark, spec.itp), "")))
         dataset = {"name": ds.name, "version": ds.version, "source": ds.source,
                    "file": bench.relpath if bench and bench.name == ds.name else ds.source}
         statements = queries.dataset_statements(s, ds.name, split=spec.split, limit=spec.limit)

@@ -161,7 +161,7 @@ def choose_targets(statement_ids: list[int], solved: set[int], *, resample_solve
 
 def step_attempt(ctx: Context) -> dict[str, Any]:
     """The prover samples proofs of the target statements; attempts are stored unverified."""
-    from prover.eval import NO_PROOF
+    from prover.attempts import completion_record
     from prover.generation import SamplingParams
     from prover.prompts import DEFAULT_FORMAT, get_format
 
@@ -188,20 +188,15 @@ def step_attempt(ctx: Context) -> dict[str, Any]:
         prompts = [fmt.build(st.header, st.formal_statement, st.informal) for st in chunk]
         outs = (ctx.generator.chat(prompts, params) if fmt.is_chat
                 else ctx.generator.generate(prompts, params))
-        recs = []
-        for st, prompt, comps in zip(chunk, prompts, outs):
-            for i, comp in enumerate(comps):
-                ex = fmt.extract(st.header, st.formal_statement, comp.text)
-                recs.append(queries.AttemptRecord(
-                    key=target_key(cfg.name, ctx.round_index, st.id, i), statement_id=st.id,
-                    proof=ex.proof if ex else None, helpers=ex.helpers if ex else "",
-                    run_id=ctx.run_id, round_index=ctx.round_index, model=ctx.model_path,
-                    sample_index=i, prompt=prompt if isinstance(prompt, str) else str(prompt),
-                    completion=comp.text, prompt_tokens=comp.prompt_tokens,
-                    completion_tokens=comp.completion_tokens,
-                    sampling={"n": params.n, "temperature": params.temperature,
-                              "top_p": params.top_p, "max_tokens": params.max_tokens},
-                    verdict=None if ex else NO_PROOF))
+        recs = [
+            completion_record(
+                fmt, key=target_key(cfg.name, ctx.round_index, st.id, i), statement_id=st.id,
+                header=st.header, formal_statement=st.formal_statement, prompt=prompt,
+                completion=comp, params=params, model=ctx.model_path, run_id=ctx.run_id,
+                round_index=ctx.round_index, sample_index=i)
+            for st, prompt, comps in zip(chunk, prompts, outs)
+            for i, comp in enumerate(comps)
+        ]
         with session_scope(ctx.engine) as s:
             queries.record_attempts(s, recs)
         stored += len(recs)
